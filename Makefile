@@ -1,0 +1,40 @@
+# ml_assets: `make run` (the workflow on the embedded default) and `make test` set everything up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
+export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
+
+.PHONY: run test lint dev status bench clean
+.DEFAULT_GOAL := run
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/ml-assets run
+
+status: $(BIN)/.installed
+	$(BIN)/ml-assets status
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check ml_assets ml_assets_tests bench
+	$(BIN)/ruff format --check ml_assets ml_assets_tests bench
+	$(BIN)/mypy
+
+dev: $(BIN)/.installed
+	$(BIN)/ml-assets home >/dev/null
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(ML_ASSETS_HOME)

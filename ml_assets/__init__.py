@@ -1,0 +1,1 @@
+"""ml_assets: multi-model ML workflows on Dagster."""

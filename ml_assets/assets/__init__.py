@@ -1,0 +1,1 @@
+"""Thin Dagster assets: orchestration only; the work lives in `ml_assets.ml`."""

@@ -1,0 +1,177 @@
+"""Serving: one `predictions_rank_<i>` step per selected model, then `aggregated_predictions`."""
+
+
+import time
+from typing import Any, Final
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    DagsterInstance,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from ml_assets.artifacts import (
+    SELECTION_FILE,
+    memo_key,
+    read_dataset_part,
+    read_frame,
+    read_json,
+    read_model,
+    write_frame,
+)
+from ml_assets.assets.selection import model_selection
+from ml_assets.lineage import require_record
+from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
+from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
+from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.store import ArtifactError, ArtifactStore
+
+SERVING_CODE_VERSION: Final = "1"
+
+
+def prediction_key(rank: int) -> AssetKey:
+    return AssetKey(f"predictions_rank_{rank}")
+
+
+def current_selection(instance: DagsterInstance, store: ArtifactStore) -> dict[str, Any]:
+    """The selection recorded by the latest `model_selection` materialization, verified."""
+    record = require_record(instance, model_selection.key, "run model_selection first")
+    selection: dict[str, Any] = read_json(
+        store, "selections", record["selection_key"], SELECTION_FILE, record["digest"]
+    )
+    return selection
+
+
+def build_prediction_asset(rank: int) -> AssetsDefinition:
+    """The serving step for the model at `rank` in the current selection."""
+
+    @asset(
+        name=f"predictions_rank_{rank}",
+        deps=[model_selection],
+        group_name="serving",
+        code_version=SERVING_CODE_VERSION,
+        kinds={"parquet"},
+        pool="serving",
+    )
+    def _predictions(
+        context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
+    ) -> MaterializeResult:
+        artifacts = store.get()
+        selection = current_selection(context.instance, artifacts)
+        selected = selection["selected"]
+        if rank > len(selected):
+            context.log.info(f"the selection has {len(selected)} model(s); rank {rank} serves none")
+            return MaterializeResult(
+                data_version=DataVersion(f"none-{selection['key']}"),
+                metadata={"selection_key": selection["key"], "candidate": "none", "rows": 0},
+            )
+        entry = selected[rank - 1]
+        key = memo_key(entry["model_key"], selection["dataset_key"], SERVING_CODE_VERSION)
+        cached, _ = artifacts.find("predictions", key)
+        started = time.perf_counter()
+        if cached is None:
+            try:
+                model = read_model(artifacts, entry["model_key"], entry["model_digest"])
+            except ArtifactError as error:
+                raise Failure(f"candidate {entry['name']!r}: {error}", allow_retries=False) from error
+            dataset = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+            requests = read_dataset_part(dataset, "requests", columns=model.features)
+            scores = model.predict_scores(requests.X)
+            cached = write_frame(artifacts, "predictions", key, scores_frame(requests.ids, model.entities, scores))
+        else:
+            artifacts.touch("predictions", key)
+        context.log.info(f"rank {rank}: {entry['name']} served (predictions {key})")
+        return MaterializeResult(
+            data_version=DataVersion(key),
+            metadata={
+                "selection_key": selection["key"],
+                "candidate": entry["name"],
+                "model_key": entry["model_key"],
+                "predictions_key": key,
+                "digest": cached.digest,
+                "path": MetadataValue.path(str(cached.path)),
+                "seconds": time.perf_counter() - started,
+            },
+        )
+
+    return _predictions
+
+
+def build_aggregation_asset(ranks: int) -> AssetsDefinition:
+    """`aggregated_predictions`, fed by `ranks` serving steps."""
+
+    @asset(
+        name="aggregated_predictions",
+        deps=[prediction_key(r) for r in range(1, ranks + 1)],
+        group_name="serving",
+        code_version=SERVING_CODE_VERSION,
+        kinds={"parquet"},
+        pool="serving",
+    )
+    def _aggregated(
+        context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
+    ) -> MaterializeResult:
+        """The ensemble's per-request tags: the mean of the selected models' entity scores."""
+        cfg = settings.load()
+        artifacts = store.get()
+        selection = current_selection(context.instance, artifacts)
+        selected = selection["selected"]
+        if len(selected) > ranks:
+            raise Failure(f"the selection has {len(selected)} models but only {ranks} serving steps exist; reload the code location after changing selection.top_k")
+        frames = []
+        for rank, entry in enumerate(selected, start=1):
+            record = require_record(context.instance, prediction_key(rank), "serve first")
+            if record["selection_key"] != selection["key"]:
+                raise Failure(
+                    f"predictions_rank_{rank} comes from selection {record['selection_key']}, "
+                    f"not the current {selection['key']}; re-run serving",
+                    allow_retries=False,
+                )
+            frames.append((entry, read_frame(artifacts, "predictions", record["predictions_key"], record["digest"])))
+        dataset = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+        requests = read_dataset_part(dataset, "requests", columns=[])
+        entities, task = requests.entities, requests.task
+        matrices = [score_matrix(frame, entities) for _, frame in frames]
+        for (entry, frame) in frames:
+            if list(frame["request_id"]) != list(requests.ids):
+                raise Failure(f"predictions of {entry['name']!r} do not cover the serving requests one row each")
+        threshold = cfg.serving.tag_threshold
+        output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
+        key = memo_key(selection["key"], threshold, SERVING_CODE_VERSION)
+        artifact = write_frame(artifacts, "aggregated", key, output)
+        ensemble = evaluate(requests.Y, mean, task, threshold)
+        per_model: dict[str, Any] = {}
+        coverage: dict[str, int] = {}
+        for (entry, _), matrix in zip(frames, matrices, strict=True):
+            scores = evaluate(requests.Y, matrix, task, threshold)
+            per_model[entry["name"]] = scores.hit_at_1
+            coverage[entry["name"]] = entity_coverage(predicted_tags(matrix, task, threshold), requests.Y)
+        coverage["ensemble"] = entity_coverage(tags, requests.Y)
+        best_single = max(per_model.values())
+        context.log.info(f"ensemble hit@1 {ensemble.hit_at_1:.4f} vs best single {best_single:.4f}")
+        return MaterializeResult(
+            data_version=DataVersion(key),
+            metadata={
+                "selection_key": selection["key"],
+                "models": [e["name"] for e in selected],
+                "rows": len(output),
+                "ensemble_score": ensemble.hit_at_1,
+                f"ensemble_{ensemble.f1_kind}": ensemble.f1,
+                "best_single_score": best_single,
+                "model_scores": MetadataValue.json(per_model),
+                "entity_coverage": MetadataValue.json(coverage),
+                "entities_tagged_ensemble": coverage["ensemble"],
+                "aggregated_key": key,
+                "digest": artifact.digest,
+                "path": MetadataValue.path(str(artifact.file("predictions.parquet"))),
+                "landed_at": time.time(),
+            },
+        )
+
+    return _aggregated

@@ -1,0 +1,158 @@
+"""`trained_model`: one partition per candidate (fan-out), memoized by content."""
+
+
+from typing import Any, Final
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from ml_assets.artifacts import (
+    dataset_info,
+    memo_key,
+    read_dataset_part,
+    read_training_meta,
+    write_model,
+)
+from ml_assets.assets.ingestion import ingested_dataset
+from ml_assets.config import CandidateConfig, ConfigError, Settings
+from ml_assets.lineage import require_record
+from ml_assets.ml.metrics import evaluate
+from ml_assets.ml.models import CandidateError, library_versions, select_features, train_candidate
+from ml_assets.partitions import candidates_partitions
+from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.store import Artifact, ArtifactStore
+
+# Bump when training or evaluation changes what a candidate config turns into.
+TRAINING_CODE_VERSION: Final = "1"
+FORCE_TAG: Final = "ml_assets/force"
+
+
+def model_memo_key(dataset_key: str, candidate: CandidateConfig, settings: Settings) -> str:
+    """hash(dataset version, candidate config, code version, library versions, seed)."""
+    return memo_key(
+        dataset_key,
+        candidate.config_hash(),
+        TRAINING_CODE_VERSION,
+        library_versions(),
+        settings.training.seed,
+        settings.serving.tag_threshold,
+    )
+
+
+def is_forced(context: AssetExecutionContext, step: str) -> bool:
+    """True when the run carries `ml_assets/force` naming this step (or `all`)."""
+    value = context.run.tags.get(FORCE_TAG, "")
+    return value == "all" or step in {v.strip() for v in value.split(",")}
+
+
+def _train(
+    context: AssetExecutionContext,
+    store: ArtifactStore,
+    candidate: CandidateConfig,
+    settings: Settings,
+    dataset: Artifact,
+    key: str,
+) -> Artifact:
+    train = read_dataset_part(dataset, "train")
+    validation = read_dataset_part(dataset, "validation")
+    try:
+        result = train_candidate(
+            candidate.name,
+            candidate.model,
+            candidate.params,
+            candidate.features,
+            train,
+            seed=settings.training.seed,
+            threads=settings.training.threads_per_model,
+        )
+    except CandidateError as error:
+        raise Failure(str(error), allow_retries=False) from error
+    scores = evaluate(
+        validation.Y,
+        result.model.predict_scores(validation.X),
+        validation.task,
+        settings.serving.tag_threshold,
+    )
+    context.log.info(
+        f"{candidate.name}: hit@1 {scores.hit_at_1:.4f}, {scores.f1_kind} {scores.f1:.4f}, "
+        f"trained in {result.seconds:.2f}s on {result.rows} rows"
+    )
+    training = {
+        "candidate": candidate.name,
+        "model_type": candidate.model,
+        "config_hash": candidate.config_hash(),
+        "dataset_key": dataset.key,
+        **scores.as_metadata(),
+        "training_seconds": result.seconds,
+        "rows": result.rows,
+        "features": len(result.model.features),
+        "params": result.params,
+        "produced_by_run": context.run.run_id,
+    }
+    return write_model(store, key, result.model, training)
+
+
+@asset(
+    partitions_def=candidates_partitions,
+    deps=[ingested_dataset],
+    group_name="training",
+    code_version=TRAINING_CODE_VERSION,
+    kinds={"lightgbm", "scikitlearn"},
+    pool="training",
+)
+def trained_model(
+    context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
+) -> MaterializeResult:
+    """One candidate model trained on the ingested dataset, scored on the validation split."""
+    name = context.partition_key
+    try:
+        cfg = settings.load()
+        candidate = cfg.candidate(name)
+    except ConfigError as error:
+        raise Failure(str(error), allow_retries=False) from error
+    record = require_record(context.instance, AssetKey("ingested_dataset"), "ingest first")
+    artifacts = store.get()
+    dataset = artifacts.verify("datasets", record["dataset_key"], record["digest"])
+    try:  # fail fast on a bad feature glob before any work
+        select_features(name, dataset_info(dataset).features, candidate.features)
+    except CandidateError as error:
+        raise Failure(str(error), allow_retries=False) from error
+
+    key = model_memo_key(dataset.key, candidate, cfg)
+    cached, miss_reason = artifacts.find("models", key)
+    memoized = cached is not None and not is_forced(context, name)
+    if memoized:
+        assert cached is not None
+        artifacts.touch("models", key)
+        model = cached
+        context.log.info(f"{name}: memo hit {key}; reusing the model, no training")
+    else:
+        if cached is None and miss_reason and "missing" not in miss_reason:
+            context.log.warning(f"{name}: cached model unusable, retraining: {miss_reason}")
+        model = _train(context, artifacts, candidate, cfg, dataset, key)
+    meta = read_training_meta(model)
+    metadata: dict[str, Any] = {
+        "score": meta["score"],
+        "hit_at_1": meta["hit_at_1"],
+        **{k: meta[k] for k in ("macro_f1", "micro_f1") if k in meta},
+        "training_seconds": meta["training_seconds"],
+        "rows": meta["rows"],
+        "features": meta["features"],
+        "params": MetadataValue.json(meta["params"]),
+        "model_type": candidate.model,
+        "config_hash": candidate.config_hash(),
+        "dataset_key": dataset.key,
+        "model_key": key,
+        "digest": model.digest,
+        "path": MetadataValue.path(str(model.path)),
+        "memoized": memoized,
+        "produced_by_run": meta["produced_by_run"],
+    }
+    return MaterializeResult(data_version=DataVersion(key), metadata=metadata)

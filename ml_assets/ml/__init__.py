@@ -1,0 +1,1 @@
+"""Pure, Dagster-free ML code: datasets, models, metrics, selection and aggregation."""

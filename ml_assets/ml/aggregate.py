@@ -1,0 +1,67 @@
+"""Merging the selected models' per-entity scores into one answer per request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ml_assets.ml.datasets import Task
+from ml_assets.ml.metrics import predicted_tags
+
+SCORE_PREFIX = "score:"
+
+
+def scores_frame(ids: np.ndarray, entities: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
+    """One serving step's output: `request_id` and one `score:<entity>` column per entity."""
+    frame = pd.DataFrame(scores, columns=[f"{SCORE_PREFIX}{e}" for e in entities])
+    frame.insert(0, "request_id", np.asarray(ids, dtype=object))
+    return frame
+
+
+def score_matrix(frame: pd.DataFrame, entities: Sequence[str]) -> np.ndarray:
+    return frame[[f"{SCORE_PREFIX}{e}" for e in entities]].to_numpy(dtype=np.float64)
+
+
+def mean_scores(matrices: Sequence[np.ndarray]) -> np.ndarray:
+    """The ensemble score: the mean of the selected models' per-entity scores."""
+    if not matrices:
+        raise ValueError("nothing to aggregate: no model predictions")
+    shapes = {m.shape for m in matrices}
+    if len(shapes) != 1:
+        raise ValueError(f"model predictions disagree in shape: {sorted(shapes)}")
+    return np.mean(np.stack(matrices), axis=0)
+
+
+def ensemble_tags(
+    matrices: Sequence[np.ndarray], task: Task, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean scores and tags: the top entity (multi-class) or the union of every model's tags."""
+    mean = mean_scores(matrices)
+    if task == "multiclass":
+        return mean, predicted_tags(mean, task, threshold)
+    union = np.zeros(mean.shape, dtype=np.uint8)
+    for matrix in matrices:
+        union |= predicted_tags(matrix, task, threshold)
+    return mean, union
+
+
+def aggregate(
+    ids: np.ndarray,
+    entities: Sequence[str],
+    matrices: Sequence[np.ndarray],
+    task: Task,
+    threshold: float,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The user-facing frame (`request_id`, ranked `tags`, `top_entity`, scores) and arrays."""
+    mean, tags = ensemble_tags(matrices, task, threshold)
+    names = np.asarray(entities, dtype=object)
+    order = np.argsort(-mean, axis=1, kind="stable")
+    ranked = [
+        [str(names[j]) for j in row if tags[i, j]] for i, row in enumerate(order)
+    ]
+    frame = scores_frame(ids, entities, mean)
+    frame.insert(1, "tags", ranked)
+    frame.insert(2, "top_entity", names[order[:, 0]].astype(str))
+    return frame, mean, tags

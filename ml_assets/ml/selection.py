@@ -1,0 +1,72 @@
+"""Ranking the landed candidates and picking the top k that clear the bar (no Dagster here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Status = Literal["landed", "missing", "running", "failed", "stale", "invalid"]
+
+
+@dataclass(frozen=True)
+class LeaderboardEntry:
+    """One candidate as selection sees it; only `landed` entries are eligible."""
+
+    name: str
+    status: Status
+    score: float | None = None
+    f1: float | None = None
+    model_key: str | None = None
+    model_digest: str | None = None
+    model_type: str | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NoQualifyingModelError(RuntimeError):
+    """No landed candidate reaches the bar; the message lists every candidate's score."""
+
+
+def _rank_key(entry: LeaderboardEntry) -> tuple[float, float, str]:
+    # Deterministic ties: higher score, then higher F1, then candidate name.
+    return (-(entry.score or 0.0), -(entry.f1 or 0.0), entry.name)
+
+
+def rank(entries: Sequence[LeaderboardEntry]) -> list[LeaderboardEntry]:
+    """Landed candidates first, best first; the others after, by name."""
+    landed = sorted((e for e in entries if e.status == "landed"), key=_rank_key)
+    others = sorted((e for e in entries if e.status != "landed"), key=lambda e: e.name)
+    return landed + others
+
+
+def select_top_k(
+    entries: Sequence[LeaderboardEntry], top_k: int, min_score: float
+) -> list[LeaderboardEntry]:
+    """The best `top_k` landed candidates with score ≥ `min_score`."""
+    qualified = [
+        e for e in rank(entries) if e.status == "landed" and (e.score or 0.0) >= min_score
+    ]
+    if not qualified:
+        lines = [f"no candidate reaches the bar: score >= {min_score:.3f} needed"]
+        for e in rank(entries):
+            score = "—" if e.score is None else f"{e.score:.4f}"
+            verdict = "below bar" if e.status == "landed" else e.status
+            lines.append(f"  {e.name}: {score} ({verdict}{'; ' + e.note if e.note else ''})")
+        raise NoQualifyingModelError("\n".join(lines))
+    return qualified[:top_k]
+
+
+def leaderboard_markdown(
+    entries: Sequence[LeaderboardEntry], selected: Sequence[str], min_score: float
+) -> str:
+    rows = ["| rank | candidate | status | score | F1 | selected | note |", "|---|---|---|---|---|---|---|"]
+    for position, e in enumerate(rank(entries), start=1):
+        score = "" if e.score is None else f"{e.score:.4f}"
+        f1 = "" if e.f1 is None else f"{e.f1:.4f}"
+        mark = "yes" if e.name in selected else ("below bar" if e.score is not None and e.score < min_score and e.status == "landed" else "")
+        rank_text = str(position) if e.status == "landed" else ""
+        rows.append(f"| {rank_text} | {e.name} | {e.status} | {score} | {f1} | {mark} | {e.note} |")
+    return "\n".join(rows)

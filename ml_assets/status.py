@@ -1,0 +1,69 @@
+"""What `ml-assets status` reports: leaderboard, current selection, latest aggregated predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import AssetKey, DagsterInstance
+
+from ml_assets.assets.selection import leaderboard
+from ml_assets.config import Settings
+from ml_assets.lineage import latest_record
+from ml_assets.ml.selection import rank
+
+
+def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, Any]:
+    dataset = latest_record(instance, AssetKey("ingested_dataset"))
+    status: dict[str, Any] = {"dataset": None, "leaderboard": [], "selection": None, "aggregated": None}
+    if dataset is None:
+        return status
+    status["dataset"] = {
+        "key": dataset["dataset_key"],
+        "task": dataset["task"],
+        "records": dataset["records"],
+        "entities": dataset["entities"],
+    }
+    status["leaderboard"] = [e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"]))]
+    selection = latest_record(instance, AssetKey("model_selection"))
+    if selection is not None:
+        status["selection"] = {"key": selection["selection_key"], "selected": selection["selected"]}
+    aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
+    if aggregated is not None:
+        status["aggregated"] = {
+            "path": aggregated["path"],
+            "rows": aggregated["rows"],
+            "models": aggregated["models"],
+            "ensemble_score": aggregated["ensemble_score"],
+            "best_single_score": aggregated["best_single_score"],
+            "model_scores": aggregated["model_scores"],
+            "selection_key": aggregated["selection_key"],
+            "current": selection is not None and aggregated["selection_key"] == selection["selection_key"],
+        }
+    return status
+
+
+def format_status(status: dict[str, Any], min_score: float) -> str:
+    if status["dataset"] is None:
+        return "Nothing ingested yet: run `ml-assets run` (or `make run`)."
+    d = status["dataset"]
+    lines = [f"Dataset {d['key']}: {d['records']} records, {d['entities']} entities ({d['task']})", ""]
+    lines.append(f"Leaderboard (bar: score >= {min_score:.2f})")
+    lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}  note")
+    selected = set(status["selection"]["selected"]) if status["selection"] else set()
+    for e in status["leaderboard"]:
+        score = "" if e["score"] is None else f"{e['score']:.4f}"
+        mark = " *" if e["name"] in selected else ""
+        lines.append(f"  {e['name'] + mark:<24} {e['status']:<8} {score:>7}  {e['note']}")
+    lines.append("  (* selected)")
+    if status["selection"]:
+        lines.append(f"\nSelected: {', '.join(status['selection']['selected'])}")
+    a = status["aggregated"]
+    if a:
+        lines.append(
+            f"Ensemble hit@1 {a['ensemble_score']:.4f} vs best single model "
+            f"{a['best_single_score']:.4f} on {a['rows']} serving requests"
+        )
+        lines.append(f"Aggregated predictions: {a['path']}")
+        if not a["current"]:
+            lines.append("  (from an earlier selection: serving has not caught up yet)")
+    return "\n".join(lines)
