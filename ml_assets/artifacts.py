@@ -62,7 +62,9 @@ def dataset_info(artifact: Artifact) -> DatasetInfo:
     return DatasetInfo(artifact.key, meta["task"], meta["entities"], meta["features"], meta["rows"])
 
 
-def read_dataset_part(artifact: Artifact, part: str, columns: Sequence[str] | None = None) -> Dataset:
+def read_dataset_part(
+    artifact: Artifact, part: str, columns: Sequence[str] | None = None
+) -> Dataset:
     """One split of a verified dataset artifact (optionally only some feature columns)."""
     info = dataset_info(artifact)
     path = artifact.file(f"{part}.parquet")
@@ -79,7 +81,9 @@ def write_model(
 ) -> Artifact:
     def _write(directory: Path) -> None:
         save_model(model, directory)
-        (directory / TRAINING_META).write_text(json.dumps(dict(training), indent=1, sort_keys=True, default=str))
+        (directory / TRAINING_META).write_text(
+            json.dumps(dict(training), indent=1, sort_keys=True, default=str)
+        )
 
     return store.put("models", key, _write)
 
@@ -111,7 +115,9 @@ def read_json(store: ArtifactStore, kind: str, key: str, filename: str, digest: 
 
 
 def write_frame(store: ArtifactStore, kind: str, key: str, frame: pd.DataFrame) -> Artifact:
-    return store.put(kind, key, lambda directory: write_parquet(frame, directory / PREDICTIONS_FILE))
+    return store.put(
+        kind, key, lambda directory: write_parquet(frame, directory / PREDICTIONS_FILE)
+    )
 
 
 def read_frame(store: ArtifactStore, kind: str, key: str, digest: str | None) -> pd.DataFrame:

@@ -1,6 +1,5 @@
 """Asset checks: quality gates on the dataset, the selection and the predictions."""
 
-
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,7 +12,13 @@ from dagster import (
     asset_check,
 )
 
-from ml_assets.artifacts import SELECTION_FILE, dataset_info, read_dataset_part, read_frame, read_json
+from ml_assets.artifacts import (
+    SELECTION_FILE,
+    dataset_info,
+    read_dataset_part,
+    read_frame,
+    read_json,
+)
 from ml_assets.assets.ingestion import ingested_dataset
 from ml_assets.assets.selection import model_selection
 from ml_assets.lineage import require_record
@@ -61,7 +66,9 @@ def selected_models_meet_bar(
 ) -> AssetCheckResult:
     """Every selected model scores at least `selection.min_score`."""
     record = require_record(context.instance, model_selection.key, "nothing to check")
-    selection = read_json(store.get(), "selections", record["selection_key"], SELECTION_FILE, record["digest"])
+    selection = read_json(
+        store.get(), "selections", record["selection_key"], SELECTION_FILE, record["digest"]
+    )
     bar = settings.load().selection.min_score
     below = [s["name"] for s in selection["selected"] if s["score"] < bar]
     return AssetCheckResult(
@@ -89,8 +96,12 @@ def _prediction_check(key: AssetKey) -> AssetChecksDefinition:
         name = record["aggregated_key"] if kind == "aggregated" else record["predictions_key"]
         artifacts = store.get()
         frame = read_frame(artifacts, kind, name, record["digest"])
-        selection = read_json(artifacts, "selections", record["selection_key"], SELECTION_FILE, None)
-        dataset = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+        selection = read_json(
+            artifacts, "selections", record["selection_key"], SELECTION_FILE, None
+        )
+        dataset = artifacts.verify(
+            "datasets", selection["dataset_key"], selection["dataset_digest"]
+        )
         expected = dataset_info(dataset).rows["requests"]
         scores = frame.filter(like="score:")
         nan = int(scores.isna().to_numpy().sum())
@@ -99,7 +110,9 @@ def _prediction_check(key: AssetKey) -> AssetChecksDefinition:
         if nan:
             problems.append(f"{nan} NaN score(s)")
         if len(frame) != expected or duplicates:
-            problems.append(f"{len(frame)} rows ({duplicates} duplicate ids) for {expected} requests")
+            problems.append(
+                f"{len(frame)} rows ({duplicates} duplicate ids) for {expected} requests"
+            )
         return AssetCheckResult(
             passed=not problems,
             description="; ".join(problems) or f"{expected} requests, no NaN",

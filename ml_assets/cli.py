@@ -42,15 +42,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     workers = args.max_concurrent or settings.training.max_concurrent
     print(f"training {len(settings.candidates)} candidates, at most {workers} at a time…")
-    for outcome in run_partitions("train_job", [c.name for c in settings.candidates], workers, tags):
-        verdict = "ok" if outcome.success else f"FAILED: {outcome.error.splitlines()[0] if outcome.error else ''}"
+    for outcome in run_partitions(
+        "train_job", [c.name for c in settings.candidates], workers, tags
+    ):
+        verdict = (
+            "ok"
+            if outcome.success
+            else f"FAILED: {outcome.error.splitlines()[0] if outcome.error else ''}"
+        )
         print(f"  {outcome.partition:<24} {verdict}")
     serve = run_job("serve_job", tags=tags)
     with DagsterInstance.get() as instance:
         status = collect_status(instance, settings)
     print()
     print(format_status(status, settings.selection.min_score))
-    print(f"\nwall time {time.perf_counter() - started:.1f}s; runs are in the Dagster UI (`make dev`)")
+    print(
+        f"\nwall time {time.perf_counter() - started:.1f}s; runs are in the Dagster UI (`make dev`)"
+    )
     if not serve.success:
         print(f"\nserving failed (run {serve.run_id}):\n{serve.error}", file=sys.stderr)
         return 1

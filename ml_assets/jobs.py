@@ -5,10 +5,14 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job
 
 ingest_job = define_asset_job(
-    "ingest_job", selection=AssetSelection.assets("ingested_dataset"), tags={"ml_assets/stage": "ingestion"}
+    "ingest_job",
+    selection=AssetSelection.assets("ingested_dataset"),
+    tags={"ml_assets/stage": "ingestion"},
 )
 train_job = define_asset_job(
-    "train_job", selection=AssetSelection.assets("trained_model"), tags={"ml_assets/stage": "training"}
+    "train_job",
+    selection=AssetSelection.assets("trained_model"),
+    tags={"ml_assets/stage": "training"},
 )
 serve_job = define_asset_job(
     "serve_job",

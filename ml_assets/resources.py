@@ -1,15 +1,20 @@
 """Resources bound in `definitions.py`: the settings file and the artifact store."""
 
-
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 
-from ml_assets.config import Settings, default_config_path, default_home, load_settings
+from ml_assets.config import (
+    ConfigError,
+    Settings,
+    default_config_path,
+    default_home,
+    load_settings,
+)
 from ml_assets.store import ArtifactStore
 
 
-class SettingsResource(ConfigurableResource):  # type: ignore[misc]
+class SettingsResource(ConfigurableResource):
     """`ml_assets.yaml`, read fresh at each use so edits apply to the next run."""
 
     config_path: str | None = None
@@ -18,14 +23,18 @@ class SettingsResource(ConfigurableResource):  # type: ignore[misc]
         return Path(self.config_path) if self.config_path else default_config_path()
 
     def load(self) -> Settings:
-        return load_settings(self.path())
+        """The validated settings; an invalid file fails the step (no retry) with its message."""
+        try:
+            return load_settings(self.path())
+        except ConfigError as error:
+            raise Failure(str(error), allow_retries=False) from error
 
     def base_dir(self) -> Path:
         """Relative `dataset.source` paths are resolved against the config file's folder."""
         return self.path().absolute().parent
 
 
-class ArtifactStoreResource(ConfigurableResource):  # type: ignore[misc]
+class ArtifactStoreResource(ConfigurableResource):
     """The content-addressed store under `<home>/store` (home: `$ML_ASSETS_HOME` or .ml_assets)."""
 
     root: str | None = None

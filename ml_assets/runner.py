@@ -69,14 +69,19 @@ class RunOutcome:
     error: str
 
 
-def run_job(job: str, partition: str | None = None, tags: Mapping[str, str] | None = None) -> RunOutcome:
+def run_job(
+    job: str, partition: str | None = None, tags: Mapping[str, str] | None = None
+) -> RunOutcome:
     """Execute one job run in this process, recorded on the instance at `$DAGSTER_HOME`."""
     all_tags = dict(tags or {})
     if partition is not None:
         all_tags["dagster/partition"] = partition
     with DagsterInstance.get() as instance:
         result = execute_job(
-            reconstructable(_JOBS[job]), instance=instance, tags=all_tags, run_config=QUIET_RUN_CONFIG
+            reconstructable(_JOBS[job]),
+            instance=instance,
+            tags=all_tags,
+            run_config=QUIET_RUN_CONFIG,
         )
         errors = [
             event.step_failure_data.error.message.strip()

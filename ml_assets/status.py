@@ -1,4 +1,4 @@
-"""What `ml-assets status` reports: leaderboard, current selection, latest aggregated predictions."""
+"""What `ml-assets status` reports: leaderboard, selection, latest aggregated predictions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from ml_assets.ml.selection import rank
 
 def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, Any]:
     dataset = latest_record(instance, AssetKey("ingested_dataset"))
-    status: dict[str, Any] = {"dataset": None, "leaderboard": [], "selection": None, "aggregated": None}
+    status: dict[str, Any] = {
+        "dataset": None,
+        "leaderboard": [],
+        "selection": None,
+        "aggregated": None,
+    }
     if dataset is None:
         return status
     status["dataset"] = {
@@ -23,7 +28,9 @@ def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, A
         "records": dataset["records"],
         "entities": dataset["entities"],
     }
-    status["leaderboard"] = [e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"]))]
+    status["leaderboard"] = [
+        e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"]))
+    ]
     selection = latest_record(instance, AssetKey("model_selection"))
     if selection is not None:
         status["selection"] = {"key": selection["selection_key"], "selected": selection["selected"]}
@@ -37,7 +44,8 @@ def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, A
             "best_single_score": aggregated["best_single_score"],
             "model_scores": aggregated["model_scores"],
             "selection_key": aggregated["selection_key"],
-            "current": selection is not None and aggregated["selection_key"] == selection["selection_key"],
+            "current": selection is not None
+            and aggregated["selection_key"] == selection["selection_key"],
         }
     return status
 
@@ -46,7 +54,10 @@ def format_status(status: dict[str, Any], min_score: float) -> str:
     if status["dataset"] is None:
         return "Nothing ingested yet: run `ml-assets run` (or `make run`)."
     d = status["dataset"]
-    lines = [f"Dataset {d['key']}: {d['records']} records, {d['entities']} entities ({d['task']})", ""]
+    lines = [
+        f"Dataset {d['key']}: {d['records']} records, {d['entities']} entities ({d['task']})",
+        "",
+    ]
     lines.append(f"Leaderboard (bar: score >= {min_score:.2f})")
     lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}  note")
     selected = set(status["selection"]["selected"]) if status["selection"] else set()

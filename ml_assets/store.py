@@ -131,7 +131,9 @@ class ArtifactStore:
             manifest = {
                 "kind": kind,
                 "key": key,
-                "files": {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files},
+                "files": {
+                    p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files
+                },
             }
             (staging / MANIFEST).write_bytes(json.dumps(manifest, sort_keys=True).encode())
             for p in staging.iterdir():
@@ -225,7 +227,12 @@ class ArtifactStore:
         current = self.entry(kind, key)
         now = self.clock()
         created = current.created_at if current else now
-        self._write_entry(kind, key, created_at=created, last_hit_at=max(now, current.last_hit_at if current else now))
+        self._write_entry(
+            kind,
+            key,
+            created_at=created,
+            last_hit_at=max(now, current.last_hit_at if current else now),
+        )
 
     def entries(self, kinds: Iterable[str] = KINDS) -> Iterator[CacheEntry]:
         for kind in kinds:

@@ -1,18 +1,18 @@
 """`ingested_dataset`: read, clean, validate and split the configured source."""
 
-
 from typing import Final
 
 from dagster import (
     AssetExecutionContext,
     DataVersion,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
 from ml_assets.artifacts import write_dataset
-from ml_assets.ml.datasets import PARTS, clean, content_hash, read_source, split
+from ml_assets.ml.datasets import PARTS, DatasetError, clean, content_hash, read_source, split
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 
 # Bump when cleaning or splitting changes what a given source turns into.
@@ -25,14 +25,17 @@ def ingested_dataset(
 ) -> MaterializeResult:
     """The cleaned dataset, split into train, validation and serving requests (Parquet)."""
     cfg = settings.load()
-    frame = read_source(cfg.dataset.source, settings.base_dir())
-    dataset, dropped = clean(frame, cfg.dataset.label, cfg.dataset.id, cfg.dataset.source)
-    parts = split(
-        dataset,
-        validation=cfg.dataset.split.validation,
-        serving=cfg.dataset.split.serving,
-        seed=cfg.training.seed,
-    )
+    try:
+        frame = read_source(cfg.dataset.source, settings.base_dir())
+        dataset, dropped = clean(frame, cfg.dataset.label, cfg.dataset.id, cfg.dataset.source)
+        parts = split(
+            dataset,
+            validation=cfg.dataset.split.validation,
+            serving=cfg.dataset.split.serving,
+            seed=cfg.training.seed,
+        )
+    except DatasetError as error:
+        raise Failure(str(error), allow_retries=False) from error
     version = content_hash(parts)[:24]
     artifact = write_dataset(
         store.get(), version, parts, {"source": cfg.dataset.source, "dropped": dropped}

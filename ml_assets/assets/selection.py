@@ -1,6 +1,5 @@
 """`model_selection`: the top k landed candidates that clear the bar (fan-in)."""
 
-
 from typing import Final
 
 from dagster import (
@@ -38,17 +37,23 @@ def leaderboard(
 ) -> list[LeaderboardEntry]:
     """Every configured candidate with its state; only current, landed models are eligible."""
     names = [c.name for c in settings.candidates]
-    statuses = instance.get_status_by_partition(trained_model.key, names, candidates_partitions) or {}
+    statuses = (
+        instance.get_status_by_partition(trained_model.key, names, candidates_partitions) or {}
+    )
     entries = []
     for candidate in settings.candidates:
         name = candidate.name
         status = statuses.get(name)
         record = latest_record(instance, trained_model.key, name)
         if record is None:
-            state = {
-                AssetPartitionStatus.IN_PROGRESS: "running",
-                AssetPartitionStatus.FAILED: "failed",
-            }.get(status, "missing") if status else "missing"
+            state = (
+                {
+                    AssetPartitionStatus.IN_PROGRESS: "running",
+                    AssetPartitionStatus.FAILED: "failed",
+                }.get(status, "missing")
+                if status
+                else "missing"
+            )
             entries.append(LeaderboardEntry(name, state))  # type: ignore[arg-type]
             continue
         common = {
@@ -59,14 +64,22 @@ def leaderboard(
             "model_type": record["model_type"],
         }
         if record["dataset_key"] != dataset_key:
-            entries.append(LeaderboardEntry(name, "stale", note="trained on an older dataset", **common))
+            entries.append(
+                LeaderboardEntry(name, "stale", note="trained on an older dataset", **common)
+            )
         elif record["config_hash"] != candidate.config_hash():
-            entries.append(LeaderboardEntry(name, "stale", note="config changed since training", **common))
+            entries.append(
+                LeaderboardEntry(name, "stale", note="config changed since training", **common)
+            )
         else:
-            note = {
-                AssetPartitionStatus.IN_PROGRESS: "retraining now",
-                AssetPartitionStatus.FAILED: "last run failed; previous model kept",
-            }.get(status, "") if status else ""
+            note = (
+                {
+                    AssetPartitionStatus.IN_PROGRESS: "retraining now",
+                    AssetPartitionStatus.FAILED: "last run failed; previous model kept",
+                }.get(status, "")
+                if status
+                else ""
+            )
             entries.append(LeaderboardEntry(name, "landed", note=note, **common))
     return entries
 
@@ -89,7 +102,11 @@ def model_selection(
     except NoQualifyingModelError as error:
         raise Failure(
             str(error),
-            metadata={"leaderboard": MetadataValue.md(leaderboard_markdown(entries, [], cfg.selection.min_score))},
+            metadata={
+                "leaderboard": MetadataValue.md(
+                    leaderboard_markdown(entries, [], cfg.selection.min_score)
+                )
+            },
             allow_retries=False,
         ) from error
     key = memo_key(dataset["dataset_key"], [(e.name, e.model_key) for e in selected])
@@ -104,7 +121,10 @@ def model_selection(
     artifact = write_json(store.get(), "selections", key, SELECTION_FILE, body)
     names = [e.name for e in selected]
     context.log.info(f"selected {names} (selection {key})")
-    counts = {s: sum(e.status == s for e in entries) for s in ("landed", "missing", "running", "failed", "stale")}
+    counts = {
+        s: sum(e.status == s for e in entries)
+        for s in ("landed", "missing", "running", "failed", "stale")
+    }
     return MaterializeResult(
         data_version=DataVersion(key),
         metadata={
@@ -113,7 +133,9 @@ def model_selection(
             "selected": names,
             "dataset_key": dataset["dataset_key"],
             "top_score": selected[0].score,
-            "leaderboard": MetadataValue.md(leaderboard_markdown(entries, names, cfg.selection.min_score)),
+            "leaderboard": MetadataValue.md(
+                leaderboard_markdown(entries, names, cfg.selection.min_score)
+            ),
             **{f"candidates_{s}": n for s, n in counts.items()},
         },
     )

@@ -1,6 +1,5 @@
 """Serving: one `predictions_rank_<i>` step per selected model, then `aggregated_predictions`."""
 
-
 import time
 from typing import Any, Final
 
@@ -79,11 +78,17 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
             try:
                 model = read_model(artifacts, entry["model_key"], entry["model_digest"])
             except ArtifactError as error:
-                raise Failure(f"candidate {entry['name']!r}: {error}", allow_retries=False) from error
-            dataset = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+                raise Failure(
+                    f"candidate {entry['name']!r}: {error}", allow_retries=False
+                ) from error
+            dataset = artifacts.verify(
+                "datasets", selection["dataset_key"], selection["dataset_digest"]
+            )
             requests = read_dataset_part(dataset, "requests", columns=model.features)
             scores = model.predict_scores(requests.X)
-            cached = write_frame(artifacts, "predictions", key, scores_frame(requests.ids, model.entities, scores))
+            cached = write_frame(
+                artifacts, "predictions", key, scores_frame(requests.ids, model.entities, scores)
+            )
         else:
             artifacts.touch("predictions", key)
         context.log.info(f"rank {rank}: {entry['name']} served (predictions {key})")
@@ -123,7 +128,10 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
         selection = current_selection(context.instance, artifacts)
         selected = selection["selected"]
         if len(selected) > ranks:
-            raise Failure(f"the selection has {len(selected)} models but only {ranks} serving steps exist; reload the code location after changing selection.top_k")
+            raise Failure(
+                f"the selection has {len(selected)} models but only {ranks} serving steps "
+                "exist; reload the code location after changing selection.top_k"
+            )
         frames = []
         for rank, entry in enumerate(selected, start=1):
             record = require_record(context.instance, prediction_key(rank), "serve first")
@@ -133,14 +141,25 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
                     f"not the current {selection['key']}; re-run serving",
                     allow_retries=False,
                 )
-            frames.append((entry, read_frame(artifacts, "predictions", record["predictions_key"], record["digest"])))
-        dataset = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+            frames.append(
+                (
+                    entry,
+                    read_frame(
+                        artifacts, "predictions", record["predictions_key"], record["digest"]
+                    ),
+                )
+            )
+        dataset = artifacts.verify(
+            "datasets", selection["dataset_key"], selection["dataset_digest"]
+        )
         requests = read_dataset_part(dataset, "requests", columns=[])
         entities, task = requests.entities, requests.task
         matrices = [score_matrix(frame, entities) for _, frame in frames]
-        for (entry, frame) in frames:
+        for entry, frame in frames:
             if list(frame["request_id"]) != list(requests.ids):
-                raise Failure(f"predictions of {entry['name']!r} do not cover the serving requests one row each")
+                raise Failure(
+                    f"predictions of {entry['name']!r} do not have one row per serving request"
+                )
         threshold = cfg.serving.tag_threshold
         output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
         key = memo_key(selection["key"], threshold, SERVING_CODE_VERSION)
@@ -151,7 +170,9 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
         for (entry, _), matrix in zip(frames, matrices, strict=True):
             scores = evaluate(requests.Y, matrix, task, threshold)
             per_model[entry["name"]] = scores.hit_at_1
-            coverage[entry["name"]] = entity_coverage(predicted_tags(matrix, task, threshold), requests.Y)
+            coverage[entry["name"]] = entity_coverage(
+                predicted_tags(matrix, task, threshold), requests.Y
+            )
         coverage["ensemble"] = entity_coverage(tags, requests.Y)
         best_single = max(per_model.values())
         context.log.info(f"ensemble hit@1 {ensemble.hit_at_1:.4f} vs best single {best_single:.4f}")

@@ -1,6 +1,5 @@
 """`trained_model`: one partition per candidate (fan-out), memoized by content."""
 
-
 from typing import Any, Final
 
 from dagster import (
@@ -112,8 +111,8 @@ def trained_model(
 ) -> MaterializeResult:
     """One candidate model trained on the ingested dataset, scored on the validation split."""
     name = context.partition_key
+    cfg = settings.load()
     try:
-        cfg = settings.load()
         candidate = cfg.candidate(name)
     except ConfigError as error:
         raise Failure(str(error), allow_retries=False) from error

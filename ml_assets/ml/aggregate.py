@@ -58,9 +58,7 @@ def aggregate(
     mean, tags = ensemble_tags(matrices, task, threshold)
     names = np.asarray(entities, dtype=object)
     order = np.argsort(-mean, axis=1, kind="stable")
-    ranked = [
-        [str(names[j]) for j in row if tags[i, j]] for i, row in enumerate(order)
-    ]
+    ranked = [[str(names[j]) for j in row if tags[i, j]] for i, row in enumerate(order)]
     frame = scores_frame(ids, entities, mean)
     frame.insert(1, "tags", ranked)
     frame.insert(2, "top_entity", names[order[:, 0]].astype(str))

@@ -61,9 +61,7 @@ class Dataset:
 
     def to_frame(self) -> pd.DataFrame:
         """The storage layout: `__id`, features, then `__tag_<i>` uint8 columns."""
-        tags = pd.DataFrame(
-            self.Y, columns=[f"{TAG_PREFIX}{i}" for i in range(len(self.entities))]
-        )
+        tags = pd.DataFrame(self.Y, columns=[f"{TAG_PREFIX}{i}" for i in range(len(self.entities))])
         ids = pd.DataFrame({ID_COLUMN: self.ids})
         return pd.concat([ids, self.X.reset_index(drop=True), tags], axis=1)
 
@@ -207,6 +205,8 @@ def _labels_from_columns(
         bad = ~pd.Series(values).isin([0, 1, True, False])
         if bad.any():
             example = column[bad.to_numpy()].iloc[0]
+            if isinstance(example, np.generic):  # show 2, not np.int64(2)
+                example = example.item()
             raise DatasetError(
                 f"label column {name!r}: expected 0/1 values, found {example!r} "
                 f"in {int(bad.sum())} record(s)"
@@ -231,7 +231,7 @@ def clean(
         if name not in frame.columns:
             raise DatasetError(
                 f"{source}: label column {name!r} (dataset.label) is absent; "
-                f"columns are {_preview(frame.columns)}"
+                f"columns are {_preview(list(frame.columns))}"
             )
     if id_column is not None and id_column not in frame.columns:
         raise DatasetError(f"{source}: id column {id_column!r} (dataset.id) is absent")
@@ -300,9 +300,7 @@ def _part_sizes(n: int, validation: float, serving: float) -> tuple[int, int]:
     return n_val, n_req
 
 
-def split(
-    dataset: Dataset, *, validation: float, serving: float, seed: int
-) -> dict[str, Dataset]:
+def split(dataset: Dataset, *, validation: float, serving: float, seed: int) -> dict[str, Dataset]:
     """Deterministic train/validation/requests split, stratified by class for multi-class."""
     rng = np.random.default_rng(seed)
     n = len(dataset)

@@ -52,12 +52,15 @@ class ModelType:
     scale: bool = False
     impute: bool = True
     native_multilabel: bool = False
+    threaded: bool = True  # pass `n_jobs` (threads per model) to the estimator
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 MODEL_TYPES: Final[Mapping[str, ModelType]] = {
     "lightgbm": ModelType(lgb.LGBMClassifier, impute=False, defaults={"verbose": -1}),
-    "logistic_regression": ModelType(LogisticRegression, scale=True, defaults={"max_iter": 2000}),
+    "logistic_regression": ModelType(
+        LogisticRegression, scale=True, threaded=False, defaults={"max_iter": 2000}
+    ),
     "random_forest": ModelType(RandomForestClassifier, native_multilabel=True),
     "extra_trees": ModelType(ExtraTreesClassifier, native_multilabel=True),
     "knn": ModelType(KNeighborsClassifier, scale=True, native_multilabel=True),
@@ -126,7 +129,9 @@ def _sklearn_scores(estimator: Any, data: pd.DataFrame, task: Task, width: int) 
     return np.asarray(proba, dtype=np.float64)
 
 
-def select_features(candidate: str, available: Sequence[str], globs: Sequence[str] | None) -> list[str]:
+def select_features(
+    candidate: str, available: Sequence[str], globs: Sequence[str] | None
+) -> list[str]:
     """The feature columns a candidate learns from (all, or those matching its globs)."""
     if globs is None:
         return list(available)
@@ -139,7 +144,9 @@ def select_features(candidate: str, available: Sequence[str], globs: Sequence[st
     return chosen
 
 
-def _estimator_params(candidate: str, model: str, params: Mapping[str, Any], *, seed: int, threads: int) -> tuple[ModelType, dict[str, Any]]:
+def _estimator_params(
+    candidate: str, model: str, params: Mapping[str, Any], *, seed: int, threads: int
+) -> tuple[ModelType, dict[str, Any]]:
     if model not in MODEL_TYPES:
         raise CandidateError(
             f"candidate {candidate!r}: unknown model type {model!r}; "
@@ -149,9 +156,7 @@ def _estimator_params(candidate: str, model: str, params: Mapping[str, Any], *, 
     accepted = spec.estimator().get_params()
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        hints = {
-            name: difflib.get_close_matches(name, list(accepted), n=1) for name in unknown
-        }
+        hints = {name: difflib.get_close_matches(name, list(accepted), n=1) for name in unknown}
         detail = ", ".join(
             f"{name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
             for name, hint in hints.items()
@@ -160,7 +165,7 @@ def _estimator_params(candidate: str, model: str, params: Mapping[str, Any], *, 
     merged = {**spec.defaults, **params}
     if "random_state" in accepted and "random_state" not in params:
         merged["random_state"] = seed
-    if "n_jobs" in accepted and "n_jobs" not in params:
+    if spec.threaded and "n_jobs" in accepted and "n_jobs" not in params:
         merged["n_jobs"] = threads
     return spec, merged
 
@@ -223,7 +228,7 @@ def train_candidate(
     return TrainingResult(trained, seconds, len(train), effective)
 
 
-def _fit(candidate: str, estimator: Any, X: pd.DataFrame, y: np.ndarray) -> None:
+def _fit(candidate: str, estimator: Any, X: pd.DataFrame | np.ndarray, y: np.ndarray) -> None:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ll]abel.*not present.*")

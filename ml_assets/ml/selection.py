@@ -46,9 +46,7 @@ def select_top_k(
     entries: Sequence[LeaderboardEntry], top_k: int, min_score: float
 ) -> list[LeaderboardEntry]:
     """The best `top_k` landed candidates with score ≥ `min_score`."""
-    qualified = [
-        e for e in rank(entries) if e.status == "landed" and (e.score or 0.0) >= min_score
-    ]
+    qualified = [e for e in rank(entries) if e.status == "landed" and (e.score or 0.0) >= min_score]
     if not qualified:
         lines = [f"no candidate reaches the bar: score >= {min_score:.3f} needed"]
         for e in rank(entries):
@@ -62,11 +60,22 @@ def select_top_k(
 def leaderboard_markdown(
     entries: Sequence[LeaderboardEntry], selected: Sequence[str], min_score: float
 ) -> str:
-    rows = ["| rank | candidate | status | score | F1 | selected | note |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| rank | candidate | status | score | F1 | selected | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for position, e in enumerate(rank(entries), start=1):
         score = "" if e.score is None else f"{e.score:.4f}"
         f1 = "" if e.f1 is None else f"{e.f1:.4f}"
-        mark = "yes" if e.name in selected else ("below bar" if e.score is not None and e.score < min_score and e.status == "landed" else "")
+        mark = (
+            "yes"
+            if e.name in selected
+            else (
+                "below bar"
+                if e.score is not None and e.score < min_score and e.status == "landed"
+                else ""
+            )
+        )
         rank_text = str(position) if e.status == "landed" else ""
         rows.append(f"| {rank_text} | {e.name} | {e.status} | {score} | {f1} | {mark} | {e.note} |")
     return "\n".join(rows)

@@ -1,0 +1,103 @@
+"""Shared fixtures: a project folder with its own config, store and Dagster instance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import DagsterInstance, Definitions, instance_for_test
+
+from ml_assets.definitions import build_definitions
+from ml_assets.partitions import sync_candidate_partitions
+from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.store import ArtifactStore
+
+# Quick candidates for digits: four clear the 0.90 bar, one does not.
+FAST_CANDIDATES: list[dict[str, Any]] = [
+    {
+        "name": "lightgbm_small",
+        "model": "lightgbm",
+        "params": {"n_estimators": 40, "num_leaves": 15},
+    },
+    {"name": "logistic_regression", "model": "logistic_regression", "params": {"C": 1.0}},
+    {"name": "knn", "model": "knn", "params": {"n_neighbors": 3}},
+    {"name": "extra_trees", "model": "extra_trees", "params": {"n_estimators": 50}},
+    {"name": "stump", "model": "decision_tree", "params": {"max_depth": 2}},
+]
+
+
+@dataclass
+class Project:
+    """A throw-away project: config file, store root and instance, plus helpers to run jobs."""
+
+    root: Path
+    instance: DagsterInstance
+    config: dict[str, Any]
+    ranks: int = 2
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "ml_assets.yaml"
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.root / "store")
+
+    def write_config(self, **changes: Any) -> None:
+        self.config.update(changes)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def defs(self) -> Definitions:
+        return build_definitions(
+            self.ranks,
+            resources={
+                "settings": SettingsResource(config_path=str(self.config_path)),
+                "store": ArtifactStoreResource(root=str(self.root / "store")),
+            },
+        )
+
+    def run(
+        self, job: str, partition: str | None = None, tags: dict[str, str] | None = None
+    ) -> Any:
+        return (
+            self.defs()
+            .resolve_job_def(job)
+            .execute_in_process(
+                instance=self.instance, partition_key=partition, tags=tags, raise_on_error=False
+            )
+        )
+
+    def sync(self) -> None:
+        sync_candidate_partitions(self.instance, [c["name"] for c in self.config["candidates"]])
+
+    def train_all(self) -> dict[str, bool]:
+        self.sync()
+        return {
+            c["name"]: self.run("train_job", c["name"]).success for c in self.config["candidates"]
+        }
+
+    def workflow(self) -> Any:
+        assert self.run("ingest_job").success
+        self.train_all()
+        return self.run("serve_job")
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def project(tmp_path: Path, instance: DagsterInstance) -> Project:
+    project = Project(
+        root=tmp_path,
+        instance=instance,
+        config={"dataset": {"source": "sklearn_digits"}, "candidates": list(FAST_CANDIDATES)},
+    )
+    project.write_config()
+    return project
