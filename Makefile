@@ -25,8 +25,8 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check ml_assets ml_assets_tests bench
-	$(BIN)/ruff format --check ml_assets ml_assets_tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 dev: $(BIN)/.installed
