@@ -92,11 +92,35 @@ def cmd_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write a YouTube-8M-shaped multi-label Parquet file (deterministic by seed)."""
+    from pathlib import Path
+
+    from ml_assets.ml.synthetic import write_videos
+
+    path = write_videos(
+        Path(args.output),
+        rows=args.rows,
+        entities=args.entities,
+        seed=args.seed,
+        rgb_dims=args.rgb_dims,
+        audio_dims=args.audio_dims,
+    )
+    print(f"wrote {args.rows} videos × {args.entities} entities to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("--max-concurrent", type=int, default=None, help="training runs at once")
+    run.add_argument(
+        "--mode",
+        choices=["sync"],
+        default="sync",
+        help="sync: ingest, train every candidate, then serve once",
+    )
     run.add_argument(
         "--force",
         default="",
@@ -106,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help=cmd_status.__doc__)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    generate = sub.add_parser("generate", help=cmd_generate.__doc__)
+    generate.add_argument("output", help="the Parquet file to write, e.g. data/videos.parquet")
+    generate.add_argument("--rows", type=int, default=20_000)
+    generate.add_argument("--entities", type=int, default=20)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--rgb-dims", type=int, default=1024)
+    generate.add_argument("--audio-dims", type=int, default=128)
+    generate.set_defaults(func=cmd_generate)
     home = sub.add_parser("home", help=cmd_home.__doc__)
     home.set_defaults(func=cmd_home)
     return parser
