@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ml_assets.config import ConfigError, Settings, load_settings
 from ml_assets.runner import prepare_home
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 
 def _load() -> Settings:
@@ -20,49 +25,176 @@ def _load() -> Settings:
         raise SystemExit(2) from None
 
 
+def _ingest_if_needed(settings: Settings, force: frozenset[str]) -> bool:
+    """Launch ingestion only when the memoization rules (or --force) say so."""
+    from dagster import AssetKey, DagsterInstance
+
+    from ml_assets.assets.ingestion import ingestion_decision
+    from ml_assets.lineage import latest_record
+    from ml_assets.memo import IngestionState
+    from ml_assets.resources import SettingsResource
+    from ml_assets.runner import run_job
+
+    with DagsterInstance.get() as instance:
+        record = latest_record(instance, AssetKey("ingested_dataset"))
+    previous = None if record is None else IngestionState.from_metadata(record.metadata)
+    decision, _ = ingestion_decision(SettingsResource(), previous, time.time())
+    forced = bool(force & {"all", "ingested_dataset"})
+    if not (decision.run or forced):
+        print(f"ingestion skipped: {decision.reason}")
+        return True
+    print(f"ingesting: {'forced' if forced else decision.reason}")
+    outcome = run_job("ingest_job", tags=_force_tags(force))
+    if not outcome.success:
+        print(f"ingestion failed (run {outcome.run_id}):\n{outcome.error}", file=sys.stderr)
+    return outcome.success
+
+
+def _force_tags(force: frozenset[str]) -> dict[str, str]:
+    return {"ml_assets/force": ",".join(sorted(force))} if force else {}
+
+
+def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
+    """Train what the plan says, one run per candidate (N at once), then serve once."""
+    from dagster import DagsterInstance
+
+    from ml_assets.planning import plan_training, serving_is_current
+    from ml_assets.resources import ArtifactStoreResource
+    from ml_assets.runner import run_job, run_partitions
+
+    store = ArtifactStoreResource().get()
+    with DagsterInstance.get() as instance:
+        plan = plan_training(instance, settings, store, force)
+    if plan.up_to_date:
+        print(f"up to date (no run): {', '.join(plan.up_to_date)}")
+    names = [c.name for c in plan.to_train] + sorted(plan.invalid)
+    if names:
+        print(f"training {len(names)} candidate(s), at most {workers} at a time…")
+        tags = {**_force_tags(force), "ml_assets/dataset": plan.dataset_key or ""}
+        for outcome in run_partitions("train_job", names, workers, tags):
+            first_line = outcome.error.splitlines()[0] if outcome.error else ""
+            verdict = "ok" if outcome.success else f"FAILED: {first_line}"
+            print(f"  {outcome.partition:<24} {verdict}")
+    with DagsterInstance.get() as instance:
+        current = serving_is_current(instance, settings, store)
+    if current and not force:
+        print("serving is current (no run)")
+        return 0
+    serve = run_job("serve_job", tags=_force_tags(force))
+    if not serve.success:
+        print(f"serving failed (run {serve.run_id}):\n{serve.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_async(settings: Settings, timeout: float, started: float, started_wall: float) -> int:
+    """Let the daemon's sensors drive training and serving; wait until everything settled."""
+    from pathlib import Path
+
+    from dagster import AssetKey, DagsterInstance
+
+    from ml_assets.config import default_home
+    from ml_assets.lineage import latest_record
+    from ml_assets.planning import plan_training, serving_is_current
+    from ml_assets.resources import ArtifactStoreResource
+    from ml_assets.runner import dagster_daemon, runs_in_progress
+
+    store = ArtifactStoreResource().get()
+    home = default_home()
+    log = home / "daemon.log"
+    first_prediction: float | None = None
+    settled_polls = 0
+    print(f"daemon started; sensors drive training and serving (log: {log})")
+    with dagster_daemon(home, Path.cwd(), log) as daemon, DagsterInstance.get() as instance:
+        before = latest_record(instance, AssetKey("aggregated_predictions"))
+        while time.perf_counter() - started < timeout:
+            time.sleep(1.0)
+            if daemon.poll() is not None:
+                print(f"error: the daemon exited ({daemon.returncode}); see {log}", file=sys.stderr)
+                return 1
+            aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
+            if first_prediction is None and aggregated is not None and aggregated != before:
+                first_prediction = time.perf_counter() - started
+                print(
+                    f"first aggregated predictions after {first_prediction:.1f}s: "
+                    f"{aggregated['models']}"
+                )
+            plan = plan_training(instance, settings, store)
+            failed = _failed_since(instance, started_wall)
+            pending = [c.name for c in plan.to_train if c.name not in failed]
+            busy = runs_in_progress(instance)
+            done = plan.dataset_key is not None and not pending and busy == 0
+            settled_polls = settled_polls + 1 if done else 0
+            current = settled_polls >= 2 and serving_is_current(instance, settings, store)
+            if current or settled_polls >= 15:  # 15 s idle: nothing qualified to serve
+                break
+        else:
+            print(f"error: not settled after {timeout:.0f}s (see the UI or {log})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _up_to_date(settings: Settings) -> bool:
+    """No candidate to (re)train and serving already uses every landed model: no daemon needed."""
+    from dagster import DagsterInstance
+
+    from ml_assets.planning import plan_training, serving_is_current
+    from ml_assets.resources import ArtifactStoreResource
+
+    store = ArtifactStoreResource().get()
+    with DagsterInstance.get() as instance:
+        plan = plan_training(instance, settings, store)
+        return not plan.to_train and serving_is_current(instance, settings, store)
+
+
+def _failed_since(instance: DagsterInstance, started_wall: float) -> set[str]:
+    """Candidates whose training run since `started_wall` failed."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    records = instance.get_run_records(
+        RunsFilter(job_name="train_job", statuses=[DagsterRunStatus.FAILURE]),
+        limit=500,
+    )
+    return {
+        r.dagster_run.tags.get("dagster/partition", "")
+        for r in records
+        if r.create_timestamp.timestamp() >= started_wall
+    }
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Ingest, train every candidate (at most N at once), select, serve and aggregate."""
+    """Ingest, train every candidate, select, serve and aggregate; only what changed runs."""
     prepare_home()
     settings = _load()
     from dagster import DagsterInstance
 
     from ml_assets.partitions import sync_candidate_partitions
-    from ml_assets.runner import run_job, run_partitions
     from ml_assets.status import collect_status, format_status
 
-    started = time.perf_counter()
-    tags = {"ml_assets/force": args.force} if args.force else {}
+    started, started_wall = time.perf_counter(), time.time()
+    force = frozenset(f.strip() for f in args.force.split(",") if f.strip())
     with DagsterInstance.get() as instance:
         added, removed = sync_candidate_partitions(instance, [c.name for c in settings.candidates])
     if added or removed:
         print(f"candidates: +{added} -{removed}")
-    ingest = run_job("ingest_job", tags=tags)
-    if not ingest.success:
-        print(f"ingestion failed (run {ingest.run_id}):\n{ingest.error}", file=sys.stderr)
+    if not _ingest_if_needed(settings, force):
         return 1
-    workers = args.max_concurrent or settings.training.max_concurrent
-    print(f"training {len(settings.candidates)} candidates, at most {workers} at a time…")
-    for outcome in run_partitions(
-        "train_job", [c.name for c in settings.candidates], workers, tags
-    ):
-        verdict = (
-            "ok"
-            if outcome.success
-            else f"FAILED: {outcome.error.splitlines()[0] if outcome.error else ''}"
-        )
-        print(f"  {outcome.partition:<24} {verdict}")
-    serve = run_job("serve_job", tags=tags)
+    if args.mode == "sync":
+        code = _run_sync(settings, args.max_concurrent or settings.training.max_concurrent, force)
+    elif _up_to_date(settings):
+        print("every candidate and the serving outputs are up to date: nothing to launch")
+        code = 0
+    else:
+        if force - {"ingested_dataset"}:
+            print("note: --force applies to ingestion only in async mode; use --mode sync")
+        code = _run_async(settings, args.timeout, started, started_wall)
     with DagsterInstance.get() as instance:
         status = collect_status(instance, settings)
     print()
     print(format_status(status, settings.selection.min_score))
-    print(
-        f"\nwall time {time.perf_counter() - started:.1f}s; runs are in the Dagster UI (`make dev`)"
-    )
-    if not serve.success:
-        print(f"\nserving failed (run {serve.run_id}):\n{serve.error}", file=sys.stderr)
-        return 1
-    return 0
+    wall = time.perf_counter() - started
+    print(f"\nwall time {wall:.1f}s; runs are in the Dagster UI (`make dev`)")
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -117,9 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, default=None, help="training runs at once")
     run.add_argument(
         "--mode",
-        choices=["sync"],
-        default="sync",
-        help="sync: ingest, train every candidate, then serve once",
+        choices=["async", "sync"],
+        default="async",
+        help="async (default): the daemon's sensors serve as each model lands; "
+        "sync: train every candidate here, then serve once",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=3600.0, help="async: give up after this many seconds"
     )
     run.add_argument(
         "--force",
@@ -144,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster's beta/preview notices are for library authors, not for people running the workflow.
+    warnings.filterwarnings("ignore", message=".*(beta|preview|deprecated).*")
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

@@ -76,6 +76,20 @@ class TrainingConfig(_Strict):
     threads_per_model: int = Field(1, ge=1, le=64)
 
 
+class SchedulesConfig(_Strict):
+    """Cron strings (UTC) of the periodic refresh and of the cache garbage collection."""
+
+    refresh_cron: str = "0 4 * * 1"
+    cache_gc_cron: str = "0 3 * * *"
+
+    @field_validator("refresh_cron", "cache_gc_cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"expected a 5-field cron string such as '0 4 * * 1', got {value!r}")
+        return value
+
+
 class CandidateConfig(_Strict):
     """One candidate model: a partition of `trained_model`.
 
@@ -121,6 +135,7 @@ class Settings(_Strict):
     serving: ServingConfig = ServingConfig()
     memoization: MemoizationConfig = MemoizationConfig()
     training: TrainingConfig = TrainingConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
     candidates: list[CandidateConfig]
 
     @model_validator(mode="after")

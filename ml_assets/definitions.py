@@ -1,10 +1,10 @@
 """The one `Definitions` object: workspace.yaml and `[tool.dagster]` point here."""
 
-from __future__ import annotations
+from collections.abc import Mapping
 
-from dagster import Definitions, in_process_executor
+from dagster import AssetSpec, Definitions, in_process_executor
 
-from ml_assets.assets.ingestion import ingested_dataset
+from ml_assets.assets.ingestion import freshness_policy, ingested_dataset, raw_dataset
 from ml_assets.assets.selection import model_selection
 from ml_assets.assets.serving import build_aggregation_asset, build_prediction_asset, prediction_key
 from ml_assets.assets.training import trained_model
@@ -13,33 +13,64 @@ from ml_assets.checks import (
     dataset_schema_and_rows,
     selected_models_meet_bar,
 )
-from ml_assets.config import ConfigError, load_settings
+from ml_assets.config import ConfigError, Settings, load_settings
+from ml_assets.gc import cache_gc_job
 from ml_assets.jobs import ingest_job, serve_job, train_job
-from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
+from ml_assets.schedules import build_schedules
+from ml_assets.sensors import candidates_sensor, model_landed_sensor
 
 
-def serving_ranks() -> int:
-    """How many serving steps to build: `selection.top_k` from the config (2 if unreadable)."""
+def _settings_for_shape(settings: Settings | None) -> Settings:
+    """Shape-deciding settings (top_k, freshness, crons); defaults if the file is unreadable,
+    so the UI still loads and the sensors report the config error."""
+    if settings is not None:
+        return settings
     try:
-        return load_settings().selection.top_k
+        return load_settings()
     except ConfigError:
-        return 2
+        return Settings.model_validate({"candidates": [{"name": "placeholder", "model": "knn"}]})
 
 
-def build_definitions(ranks: int, resources: dict[str, object] | None = None) -> Definitions:
-    """The graph with `ranks` serving steps; tests pass their own resources."""
+def build_definitions(
+    settings: Settings | None = None, resources: Mapping[str, object] | None = None
+) -> Definitions:
+    """The graph, shaped by `settings` (top_k serving steps, freshness window, crons)."""
+    shape = _settings_for_shape(settings)
+    ranks = shape.selection.top_k
     predictions = [build_prediction_asset(r) for r in range(1, ranks + 1)]
     aggregated = build_aggregation_asset(ranks)
     checks = build_prediction_checks(
         [*(prediction_key(r) for r in range(1, ranks + 1)), aggregated.key]
     )
+
+    def _with_freshness(spec: AssetSpec) -> AssetSpec:
+        return spec.replace_attributes(
+            freshness_policy=freshness_policy(shape.memoization.freshness_days)
+        )
+
     return Definitions(
-        assets=[ingested_dataset, trained_model, model_selection, *predictions, aggregated],
+        assets=[
+            raw_dataset,
+            ingested_dataset.map_asset_specs(_with_freshness),
+            trained_model,
+            model_selection,
+            *predictions,
+            aggregated,
+        ],
         asset_checks=[dataset_schema_and_rows, selected_models_meet_bar, *checks],
-        jobs=[ingest_job, train_job, serve_job],
-        resources=resources or {"settings": SettingsResource(), "store": ArtifactStoreResource()},
+        jobs=[ingest_job, train_job, serve_job, cache_gc_job],
+        sensors=[candidates_sensor, model_landed_sensor],
+        schedules=build_schedules(shape),
+        resources=dict(resources)
+        if resources
+        else {
+            "settings": SettingsResource(),
+            "store": ArtifactStoreResource(),
+            "clock": ClockResource(),
+        },
         executor=in_process_executor,
     )
 
 
-defs = build_definitions(serving_ranks())
+defs = build_definitions()

@@ -6,7 +6,7 @@ from dagster import AssetSelection, define_asset_job
 
 ingest_job = define_asset_job(
     "ingest_job",
-    selection=AssetSelection.assets("ingested_dataset"),
+    selection=AssetSelection.assets("raw_dataset", "ingested_dataset"),
     tags={"ml_assets/stage": "ingestion"},
 )
 train_job = define_asset_job(

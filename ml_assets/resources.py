@@ -1,5 +1,6 @@
 """Resources bound in `definitions.py`: the settings file and the artifact store."""
 
+import time
 from pathlib import Path
 
 from dagster import ConfigurableResource, Failure
@@ -41,3 +42,12 @@ class ArtifactStoreResource(ConfigurableResource):
 
     def get(self) -> ArtifactStore:
         return ArtifactStore(Path(self.root) if self.root else default_home() / "store")
+
+
+class ClockResource(ConfigurableResource):
+    """Wall-clock time, or a fixed time for tests of the time-based memoization rules."""
+
+    fixed_time: float | None = None
+
+    def now(self) -> float:
+        return self.fixed_time if self.fixed_time is not None else time.time()

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from dagster import DagsterInstance, JobDefinition, execute_job, reconstructable
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    JobDefinition,
+    RunsFilter,
+    execute_job,
+    reconstructable,
+)
 
 from ml_assets.config import default_home
 
@@ -101,3 +112,57 @@ def run_partitions(
         for future in as_completed(futures):
             outcomes.append(future.result())
     return sorted(outcomes, key=lambda o: partitions.index(o.partition or ""))
+
+
+IN_PROGRESS_STATUSES = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
+def runs_in_progress(instance: DagsterInstance) -> int:
+    return instance.get_runs_count(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+
+
+def _workspace_file(home: Path, project_dir: Path) -> Path:
+    """A workspace pointing at the project, so the daemon finds the code wherever it runs."""
+    path = home / "workspace.yaml"
+    path.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: ml_assets.definitions\n"
+        f"      working_directory: {project_dir}\n"
+        "      location_name: ml_assets\n"
+    )
+    return path
+
+
+@contextmanager
+def dagster_daemon(home: Path, project_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `dagster-daemon` over `$DAGSTER_HOME` for the duration of the block."""
+    executable = Path(sys.executable).parent / "dagster-daemon"
+    command = (
+        [str(executable)] if executable.exists() else [sys.executable, "-m", "dagster", "daemon"]
+    )
+    workspace = _workspace_file(home, project_dir)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*command, "run", "-w", str(workspace)],
+            cwd=project_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

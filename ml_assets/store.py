@@ -251,20 +251,29 @@ class ArtifactStore:
         protected: set[tuple[str, str]],
         *,
         dry_run: bool = False,
+        keep_hit_since: float | None = None,
     ) -> GcReport:
-        """Delete entries not hit for `retention_seconds`, except `protected` (kind, key) pairs.
+        """Delete entries not hit for `retention_seconds`, except `protected` (kind, key) pairs
+        and entries created or hit at or after `keep_hit_since` (used by runs in progress).
 
-        An entry hit "in the future" (the clock went backwards) is never deleted.
+        An entry hit "in the future" (the clock went backwards) is never deleted. Staging
+        directories left by a killed writer are removed once older than the retention too.
         """
         now = self.clock()
+        if not dry_run:
+            self._remove_stale_staging(now - retention_seconds)
         deleted: list[tuple[str, str]] = []
         kept_protected = kept_recent = freed = 0
         for entry in list(self.entries()):
             if (entry.kind, entry.key) in protected:
                 kept_protected += 1
                 continue
+            in_use = (
+                keep_hit_since is not None
+                and max(entry.created_at, entry.last_hit_at) >= keep_hit_since
+            )
             age = now - entry.last_hit_at
-            if age < retention_seconds or entry.last_hit_at > now:
+            if in_use or age < retention_seconds or entry.last_hit_at > now:
                 kept_recent += 1
                 continue
             deleted.append((entry.kind, entry.key))
@@ -274,3 +283,13 @@ class ArtifactStore:
                 with contextlib.suppress(FileNotFoundError):
                     self._entry_path(entry.kind, entry.key).unlink()
         return GcReport(deleted, kept_protected, kept_recent, freed, dry_run)
+
+    def _remove_stale_staging(self, older_than: float) -> None:
+        for kind in KINDS:
+            base = self.root / kind
+            if not base.is_dir():
+                continue
+            for path in base.glob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < older_than:
+                        shutil.rmtree(path, ignore_errors=True)

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from dagster import DagsterInstance, Definitions, instance_for_test
 
+from ml_assets.config import load_settings
 from ml_assets.definitions import build_definitions
 from ml_assets.partitions import sync_candidate_partitions
-from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
 from ml_assets.store import ArtifactStore
 
 # Quick candidates for digits: four clear the 0.90 bar, one does not.
@@ -37,7 +38,7 @@ class Project:
     root: Path
     instance: DagsterInstance
     config: dict[str, Any]
-    ranks: int = 2
+    now: float | None = None  # a fixed clock for the time-based rules
 
     @property
     def config_path(self) -> Path:
@@ -51,14 +52,15 @@ class Project:
         self.config.update(changes)
         self.config_path.write_text(yaml.safe_dump(self.config))
 
+    def resources(self) -> dict[str, object]:
+        return {
+            "settings": SettingsResource(config_path=str(self.config_path)),
+            "store": ArtifactStoreResource(root=str(self.root / "store")),
+            "clock": ClockResource(fixed_time=self.now),
+        }
+
     def defs(self) -> Definitions:
-        return build_definitions(
-            self.ranks,
-            resources={
-                "settings": SettingsResource(config_path=str(self.config_path)),
-                "store": ArtifactStoreResource(root=str(self.root / "store")),
-            },
-        )
+        return build_definitions(load_settings(self.config_path), resources=self.resources())
 
     def run(
         self, job: str, partition: str | None = None, tags: dict[str, str] | None = None

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey
 
+from ml_assets.config import Settings
 from ml_assets.definitions import build_definitions, defs
 from ml_assets.lineage import latest_record
 from ml_assets.ml.synthetic import write_videos
@@ -46,7 +47,10 @@ def test_definitions_load_and_resolve_everything() -> None:
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert {"dataset_schema_and_rows", "selected_models_meet_bar", "predictions_complete"} <= checks
     defs.validate_loadable(defs)
-    assert len(build_definitions(3).resolve_all_asset_keys()) == len(keys) + 1
+    three = Settings(selection={"top_k": 3}, candidates=[{"name": "a", "model": "knn"}])
+    assert len(build_definitions(three).resolve_all_asset_keys()) == len(keys) + 1
+    assert {s.name for s in defs.sensors} == {"candidates_sensor", "model_landed_sensor"}
+    assert {s.name for s in defs.schedules} == {"refresh_schedule", "cache_gc_schedule"}
 
 
 def test_digits_selects_two_models_above_the_bar(project: Project) -> None:

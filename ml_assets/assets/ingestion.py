@@ -1,30 +1,132 @@
-"""`ingested_dataset`: read, clean, validate and split the configured source."""
+"""`raw_dataset` (observed source) and `ingested_dataset` (clean, validate, split; memoized)."""
 
-from typing import Final
+from datetime import timedelta
+from typing import Any, Final
 
 from dagster import (
     AssetExecutionContext,
     DataVersion,
     Failure,
+    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
+    ObserveResult,
     asset,
+    observable_source_asset,
 )
 
 from ml_assets.artifacts import write_dataset
+from ml_assets.lineage import latest_record
+from ml_assets.memo import (
+    Decision,
+    IngestionState,
+    SourceFingerprint,
+    dataset_config_hash,
+    decide_ingestion,
+    fingerprint_source,
+)
 from ml_assets.ml.datasets import PARTS, DatasetError, clean, content_hash, read_source, split
-from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
 
-# Bump when cleaning or splitting changes what a given source turns into.
+# Bump when cleaning or splitting changes what a given source turns into: every dataset is then
+# re-ingested and, through the memo keys, every candidate retrained.
 INGESTION_CODE_VERSION: Final = "1"
+FORCE_TAG: Final = "ml_assets/force"
 
 
-@asset(group_name="ingestion", code_version=INGESTION_CODE_VERSION, kinds={"parquet"})
+def freshness_policy(days: float) -> FreshnessPolicy:
+    """Shown in the UI: the dataset is overdue once older than `memoization.freshness_days`."""
+    return FreshnessPolicy.time_window(fail_window=timedelta(days=days))
+
+
+def _previous_state(context: AssetExecutionContext) -> IngestionState | None:
+    record = latest_record(context.instance, ingested_dataset.key)
+    return None if record is None else IngestionState.from_metadata(record.metadata)
+
+
+def fingerprint(settings: SettingsResource, previous: IngestionState | None) -> SourceFingerprint:
+    cfg = settings.load()
+    try:
+        return fingerprint_source(
+            cfg.dataset.source,
+            settings.base_dir(),
+            None if previous is None else (previous.cheap_key, previous.content_hash),
+        )
+    except DatasetError as error:
+        raise Failure(str(error), allow_retries=False) from error
+
+
+def ingestion_decision(
+    settings: SettingsResource, previous: IngestionState | None, now: float
+) -> tuple[Decision, SourceFingerprint]:
+    """Whether ingestion must run now (shared by the asset, the schedule and `ml-assets run`)."""
+    cfg = settings.load()
+    current = fingerprint(settings, previous)
+    decision = decide_ingestion(
+        previous,
+        current,
+        now=now,
+        memo=cfg.memoization,
+        code_version=INGESTION_CODE_VERSION,
+        config_hash=dataset_config_hash(cfg.dataset, cfg.training.seed),
+    )
+    return decision, current
+
+
+@observable_source_asset(group_name="ingestion", description="The configured dataset source.")
+def raw_dataset(context: AssetExecutionContext, settings: SettingsResource) -> ObserveResult:
+    """Fingerprint of the source (record count, content hash) as its `DataVersion`."""
+    state = _previous_state(context)
+    current = fingerprint(settings, state)
+    return ObserveResult(
+        data_version=DataVersion(current.version),
+        metadata={**current.as_metadata(), "files": len(current.files), "rehashed": current.hashed},
+    )
+
+
+def _forced(context: AssetExecutionContext) -> bool:
+    value = context.run.tags.get(FORCE_TAG, "")
+    return value == "all" or "ingested_dataset" in {v.strip() for v in value.split(",")}
+
+
+@asset(
+    deps=[raw_dataset],
+    group_name="ingestion",
+    code_version=INGESTION_CODE_VERSION,
+    kinds={"parquet"},
+)
 def ingested_dataset(
-    context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
+    context: AssetExecutionContext,
+    settings: SettingsResource,
+    store: ArtifactStoreResource,
+    clock: ClockResource,
 ) -> MaterializeResult:
     """The cleaned dataset, split into train, validation and serving requests (Parquet)."""
     cfg = settings.load()
+    artifacts = store.get()
+    previous_record = latest_record(context.instance, ingested_dataset.key)
+    previous = (
+        None if previous_record is None else IngestionState.from_metadata(previous_record.metadata)
+    )
+    now = clock.now()
+    decision, before = ingestion_decision(settings, previous, now)
+    if _forced(context):
+        decision = Decision(True, f"forced by the {FORCE_TAG} tag")
+    if not decision.run and previous_record is not None:
+        cached, miss = artifacts.find("datasets", previous_record["dataset_key"])
+        if cached is not None and cached.digest == previous_record["digest"]:
+            artifacts.touch("datasets", cached.key)
+            context.log.info(f"ingestion memoized: {decision.reason}")
+            return MaterializeResult(
+                data_version=DataVersion(cached.key),
+                metadata={
+                    **_carry_over(previous_record.metadata),
+                    "memoized": True,
+                    "reason": decision.reason,
+                },
+            )
+        decision = Decision(True, f"cached dataset unusable ({miss or 'digest differs'})")
+    context.log.info(f"ingesting: {decision.reason}")
     try:
         frame = read_source(cfg.dataset.source, settings.base_dir())
         dataset, dropped = clean(frame, cfg.dataset.label, cfg.dataset.id, cfg.dataset.source)
@@ -34,11 +136,25 @@ def ingested_dataset(
             serving=cfg.dataset.split.serving,
             seed=cfg.training.seed,
         )
+        after = fingerprint_source(
+            cfg.dataset.source, settings.base_dir(), (before.cheap_key, before.content_hash)
+        )
     except DatasetError as error:
         raise Failure(str(error), allow_retries=False) from error
+    if after.cheap_key != before.cheap_key:
+        # Retryable: a writer was still at work; the next attempt reads a settled source.
+        raise Failure(f"dataset.source {cfg.dataset.source!r} changed while it was being ingested")
     version = content_hash(parts)[:24]
     artifact = write_dataset(
-        store.get(), version, parts, {"source": cfg.dataset.source, "dropped": dropped}
+        artifacts, version, parts, {"source": cfg.dataset.source, "dropped": dropped}
+    )
+    state = IngestionState(
+        ingested_at=now,
+        code_version=INGESTION_CODE_VERSION,
+        config_hash=dataset_config_hash(cfg.dataset, cfg.training.seed),
+        records=before.records,
+        content_hash=before.content_hash,
+        cheap_key=before.cheap_key,
     )
     context.log.info(
         f"ingested {len(dataset)} records ({dataset.task}, {len(dataset.entities)} entities) "
@@ -56,5 +172,16 @@ def ingested_dataset(
             "features": len(dataset.features),
             **{f"rows_{name}": len(parts[name]) for name in PARTS},
             **{f"dropped_{name}": count for name, count in dropped.items()},
+            **state.as_metadata(),
+            "memoized": False,
+            "reason": decision.reason,
         },
     )
+
+
+def _carry_over(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A reused ingestion repeats the original's metadata (paths as path values again)."""
+    result = dict(metadata)
+    if "path" in result:
+        result["path"] = MetadataValue.path(str(result["path"]))
+    return result

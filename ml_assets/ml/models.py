@@ -170,6 +170,11 @@ def _estimator_params(
     return spec, merged
 
 
+def validate_candidate(candidate: str, model: str, params: Mapping[str, Any]) -> None:
+    """Raise `CandidateError` for an unknown model type or hyperparameter name."""
+    _estimator_params(candidate, model, params, seed=0, threads=1)
+
+
 def build_estimator(
     candidate: str,
     model: str,

@@ -1,0 +1,175 @@
+"""Memoization rules for ingestion: source fingerprints and the re-ingest decision (no Dagster).
+
+A fingerprint has a cheap part (each file's size and mtime, record counts from Parquet metadata or
+a line count for CSV) and a content hash. The full hash is computed only when the cheap part
+changed since the previous fingerprint (or when asked), so observing a large unchanged source
+costs a few `stat` calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow.parquet as pq
+
+from ml_assets.config import DatasetConfig, MemoizationConfig
+from ml_assets.ml.datasets import EMBEDDED_SOURCES, load_digits_frame, resolve_source_files
+from ml_assets.store import file_sha256
+
+SECONDS_PER_DAY: Final = 86_400.0
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    source: str
+    files: list[tuple[str, int, int]]  # (path, bytes, mtime_ns)
+    records: int
+    content_hash: str
+    hashed: bool  # False when the hash was carried over from an identical cheap fingerprint
+
+    @property
+    def cheap_key(self) -> str:
+        body = json.dumps([self.source, self.files, self.records])
+        return hashlib.sha256(body.encode()).hexdigest()[:24]
+
+    @property
+    def version(self) -> str:
+        """The observed source's `DataVersion`: record count and content."""
+        return hashlib.sha256(f"{self.records}:{self.content_hash}".encode()).hexdigest()[:24]
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_records": self.records,
+            "source_content_hash": self.content_hash,
+            "source_cheap_key": self.cheap_key,
+        }
+
+
+def _count_records(path: Path) -> int:
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        lines += 1
+    return max(lines - 1, 0)  # minus the header; quoted newlines make this an estimate
+
+
+def fingerprint_source(
+    source: str,
+    base_dir: Path,
+    previous: tuple[str, str] | None = None,
+    *,
+    full_hash: bool = False,
+) -> SourceFingerprint:
+    """Fingerprint `dataset.source`.
+
+    `previous` is the last fingerprint's (cheap_key, content_hash): when the cheap key is the same,
+    its hash is reused instead of reading every byte again (unless `full_hash`).
+    """
+    if source in EMBEDDED_SOURCES:
+        frame = load_digits_frame()
+        embedded = hashlib.sha256(frame.to_numpy().tobytes()).hexdigest()
+        return SourceFingerprint(source, [], len(frame), embedded, True)
+    paths = resolve_source_files(source, base_dir)
+    files = []
+    for path in paths:
+        stat = path.stat()
+        files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    records = sum(_count_records(p) for p in paths)
+    cheap = SourceFingerprint(source, files, records, "", False)
+    if previous is not None and not full_hash and previous[0] == cheap.cheap_key:
+        return SourceFingerprint(source, files, records, previous[1], False)
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(file_sha256(path).encode())
+    return SourceFingerprint(source, files, records, digest.hexdigest(), True)
+
+
+def dataset_config_hash(dataset: DatasetConfig, seed: int) -> str:
+    """What, besides the source's content, decides what ingestion produces."""
+    body = json.dumps([dataset.model_dump(), seed], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class IngestionState:
+    """What the last real ingestion recorded (read back from its materialization)."""
+
+    ingested_at: float
+    code_version: str
+    config_hash: str
+    records: int
+    content_hash: str
+    cheap_key: str
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {f"state_{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> IngestionState | None:
+        try:
+            return cls(
+                ingested_at=float(metadata["state_ingested_at"]),
+                code_version=str(metadata["state_code_version"]),
+                config_hash=str(metadata["state_config_hash"]),
+                records=int(metadata["state_records"]),
+                content_hash=str(metadata["state_content_hash"]),
+                cheap_key=str(metadata["state_cheap_key"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: bool
+    reason: str
+
+
+def decide_ingestion(
+    previous: IngestionState | None,
+    current: SourceFingerprint,
+    *,
+    now: float,
+    memo: MemoizationConfig,
+    code_version: str,
+    config_hash: str,
+) -> Decision:
+    """Re-ingest, or reuse the last ingestion? The rules of DESIGN.md, in order."""
+    if previous is None:
+        return Decision(True, "never ingested")
+    if previous.code_version != code_version:
+        return Decision(True, f"code version {previous.code_version} → {code_version}")
+    if previous.config_hash != config_hash:
+        return Decision(True, "dataset settings changed")
+    if previous.records == 0:
+        return Decision(True, "previous ingestion had no records")
+    change = abs(current.records - previous.records) / previous.records
+    if change >= memo.min_row_change:
+        return Decision(
+            True,
+            f"record count {previous.records} → {current.records} "
+            f"({change:+.1%} ≥ {memo.min_row_change:.0%})",
+        )
+    content_changed = current.content_hash != previous.content_hash
+    if content_changed and memo.content_change == "any":
+        return Decision(True, "source content changed")
+    age_days = (now - previous.ingested_at) / SECONDS_PER_DAY
+    if age_days >= memo.freshness_days:
+        return Decision(
+            True, f"freshness window expired ({age_days:.1f} ≥ {memo.freshness_days} days)"
+        )
+    detail = "insignificant content change" if content_changed else "source unchanged"
+    return Decision(
+        False, f"fresh ({max(age_days, 0.0):.1f} of {memo.freshness_days} days), {detail}"
+    )

@@ -1,0 +1,82 @@
+"""What needs to run: shared by the sensors, the schedules and `ml-assets run`.
+
+Launch-level skipping lives here: a step whose inputs' versions are unchanged gets no run at all.
+"""
+
+from dataclasses import dataclass
+
+from dagster import AssetKey, DagsterInstance
+
+from ml_assets.artifacts import SELECTION_FILE, read_json
+from ml_assets.assets.training import model_memo_key
+from ml_assets.config import CandidateConfig, Settings
+from ml_assets.lineage import latest_record
+from ml_assets.ml.models import CandidateError, validate_candidate
+from ml_assets.store import ArtifactError, ArtifactStore
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    to_train: list[CandidateConfig]
+    up_to_date: list[str]
+    invalid: dict[str, str]
+    dataset_key: str | None
+
+
+def plan_training(
+    instance: DagsterInstance,
+    settings: Settings,
+    store: ArtifactStore,
+    force: frozenset[str] = frozenset(),
+) -> TrainingPlan:
+    """Candidates whose current memo key has no intact, recorded model (or that are forced)."""
+    dataset = latest_record(instance, AssetKey("ingested_dataset"))
+    invalid: dict[str, str] = {}
+    valid: list[CandidateConfig] = []
+    for candidate in settings.candidates:
+        try:
+            validate_candidate(candidate.name, candidate.model, candidate.params)
+        except CandidateError as error:
+            invalid[candidate.name] = str(error)
+            continue
+        valid.append(candidate)
+    if dataset is None:
+        return TrainingPlan(valid, [], invalid, None)
+    to_train, up_to_date = [], []
+    for candidate in valid:
+        record = latest_record(instance, AssetKey("trained_model"), candidate.name)
+        key = model_memo_key(dataset["dataset_key"], candidate, settings)
+        forced = "all" in force or candidate.name in force
+        if (
+            not forced
+            and record is not None
+            and record["model_key"] == key
+            and store.find("models", key)[0]
+        ):
+            up_to_date.append(candidate.name)
+        else:
+            to_train.append(candidate)
+    return TrainingPlan(to_train, up_to_date, invalid, dataset["dataset_key"])
+
+
+def serving_is_current(instance: DagsterInstance, settings: Settings, store: ArtifactStore) -> bool:
+    """True when the aggregated predictions come from a selection that saw every landed model."""
+    selection_record = latest_record(instance, AssetKey("model_selection"))
+    aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
+    if selection_record is None or aggregated is None:
+        return False
+    if aggregated["selection_key"] != selection_record["selection_key"]:
+        return False
+    try:
+        selection = read_json(
+            store, "selections", selection_record["selection_key"], SELECTION_FILE, None
+        )
+    except ArtifactError:
+        return False
+    seen = {(e["name"], e["model_key"]) for e in selection["leaderboard"] if e["model_key"]}
+    for candidate in settings.candidates:
+        record = latest_record(instance, AssetKey("trained_model"), candidate.name)
+        if record is not None and (candidate.name, record["model_key"]) not in seen:
+            return False
+    dataset = latest_record(instance, AssetKey("ingested_dataset"))
+    return dataset is not None and dataset["dataset_key"] == selection["dataset_key"]

@@ -1,0 +1,127 @@
+"""Sensors: keep partitions in step with the config, and serve as each model lands."""
+
+from typing import Final
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from ml_assets.config import ConfigError, load_settings
+from ml_assets.memo import dataset_config_hash
+from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
+from ml_assets.planning import plan_training, serving_is_current
+from ml_assets.resources import ArtifactStoreResource, SettingsResource
+
+SENSOR_INTERVAL_SECONDS: Final = 2
+_MAX_EVENTS_PER_TICK: Final = 1000
+
+
+@sensor(
+    name="candidates_sensor",
+    job_name="train_job",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def candidates_sensor(
+    context: SensorEvaluationContext, settings: SettingsResource, store: ArtifactStoreResource
+) -> SensorResult | SkipReason:
+    """Add/remove candidate partitions and request training of new or changed candidates."""
+    try:
+        cfg = load_settings(settings.path())
+    except ConfigError as error:
+        context.log.warning(f"config invalid; keeping the last good state:\n{error}")
+        return SkipReason(f"config invalid; keeping the last good state: {error}")
+    instance = context.instance
+    plan = plan_training(instance, cfg, store.get())
+    for _name, problem in plan.invalid.items():
+        context.log.warning(f"skipping invalid candidate: {problem}")
+    wanted = [c.name for c in cfg.candidates if c.name not in plan.invalid]
+    existing = set(instance.get_dynamic_partitions(CANDIDATES_PARTITIONS_NAME))
+    added = [name for name in wanted if name not in existing]
+    removed = sorted(existing - {c.name for c in cfg.candidates})
+    partition_requests: list[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] = []
+    if added:
+        partition_requests.append(AddDynamicPartitionsRequest(CANDIDATES_PARTITIONS_NAME, added))
+    if removed:
+        partition_requests.append(
+            DeleteDynamicPartitionsRequest(CANDIDATES_PARTITIONS_NAME, removed)
+        )
+    if plan.dataset_key is None:
+        ingest = RunRequest(
+            job_name="ingest_job",
+            run_key=f"ingest:{dataset_config_hash(cfg.dataset, cfg.training.seed)}",
+        )
+        return SensorResult(run_requests=[ingest], dynamic_partitions_requests=partition_requests)
+    runs = [
+        RunRequest(
+            partition_key=candidate.name,
+            run_key=f"train:{candidate.name}:{candidate.config_hash()}:{plan.dataset_key}",
+            tags={"ml_assets/candidate": candidate.name, "ml_assets/dataset": plan.dataset_key},
+        )
+        for candidate in plan.to_train
+    ]
+    skip = None
+    if not runs and not partition_requests:
+        invalid = f"; invalid: {sorted(plan.invalid)}" if plan.invalid else ""
+        skip = f"every candidate is up to date ({len(plan.up_to_date)}){invalid}"
+    return SensorResult(
+        run_requests=runs, dynamic_partitions_requests=partition_requests, skip_reason=skip
+    )
+
+
+@sensor(
+    name="model_landed_sensor",
+    job_name="serve_job",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def model_landed_sensor(
+    context: SensorEvaluationContext, settings: SettingsResource, store: ArtifactStoreResource
+) -> SensorResult | SkipReason:
+    """Re-run selection → serving → aggregation after any model lands (none dropped)."""
+    cursor = int(context.cursor) if context.cursor else 0
+    # Every materialization since the cursor, not just the newest (an @asset_sensor would drop
+    # partitions that land in the same tick).
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("trained_model"), after_storage_id=cursor),
+        limit=_MAX_EVENTS_PER_TICK,
+        ascending=True,
+    ).records
+    if not records:
+        return SkipReason("no model landed since the last tick")
+    newest = max(r.storage_id for r in records)
+    landed = sorted({r.partition_key or "" for r in records})
+    try:
+        cfg = load_settings(settings.path())
+    except ConfigError as error:
+        return SkipReason(f"config invalid; serving left as it is: {error}")
+    if serving_is_current(context.instance, cfg, store.get()):
+        return SensorResult(
+            cursor=str(newest), skip_reason=f"{landed} landed; serving already has these models"
+        )
+    waiting = context.instance.get_runs_count(
+        RunsFilter(
+            job_name="serve_job", statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+        )
+    )
+    if waiting:
+        # A serving run that has not started yet selects from everything landed by then.
+        return SensorResult(
+            cursor=str(newest), skip_reason=f"{landed} landed; a queued serving run will take them"
+        )
+    run = RunRequest(
+        run_key=f"serve:{newest}",
+        tags={"ml_assets/landed": ",".join(landed)[:250]},
+    )
+    return SensorResult(run_requests=[run], cursor=str(newest))
