@@ -154,12 +154,12 @@ def decide_ingestion(
         return Decision(True, "dataset settings changed")
     if previous.records == 0:
         return Decision(True, "previous ingestion had no records")
-    change = abs(current.records - previous.records) / previous.records
-    if change >= memo.min_row_change:
+    delta = (current.records - previous.records) / previous.records
+    if abs(delta) >= memo.min_row_change:
         return Decision(
             True,
             f"record count {previous.records} → {current.records} "
-            f"({change:+.1%} ≥ {memo.min_row_change:.0%})",
+            f"({delta:+.1%}, |change| ≥ {memo.min_row_change:.0%})",
         )
     content_changed = current.content_hash != previous.content_hash
     if content_changed and memo.content_change == "any":

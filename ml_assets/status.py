@@ -44,6 +44,7 @@ def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, A
             "best_single_score": aggregated["best_single_score"],
             "model_scores": aggregated["model_scores"],
             "selection_key": aggregated["selection_key"],
+            "seconds_since_training_started": aggregated.get("seconds_since_training_started"),
             "current": selection is not None
             and aggregated["selection_key"] == selection["selection_key"],
         }
@@ -75,6 +76,11 @@ def format_status(status: dict[str, Any], min_score: float) -> str:
             f"{a['best_single_score']:.4f} on {a['rows']} serving requests"
         )
         lines.append(f"Aggregated predictions: {a['path']}")
+        if a.get("seconds_since_training_started") is not None:
+            lines.append(
+                f"  from {', '.join(a['models'])}, landed "
+                f"{a['seconds_since_training_started']:.1f}s after training started"
+            )
         if not a["current"]:
             lines.append("  (from an earlier selection: serving has not caught up yet)")
     return "\n".join(lines)

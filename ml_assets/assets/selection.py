@@ -109,9 +109,12 @@ def model_selection(
             },
             allow_retries=False,
         ) from error
-    key = memo_key(dataset["dataset_key"], [(e.name, e.model_key) for e in selected])
+    # The version covers what is served; the artifact key also covers the leaderboard it saw.
+    version = memo_key(dataset["dataset_key"], [(e.name, e.model_key) for e in selected])
+    key = memo_key(version, [(e.name, e.status, e.model_key) for e in entries])
     body = {
         "key": key,
+        "version": version,
         "dataset_key": dataset["dataset_key"],
         "dataset_digest": dataset["digest"],
         "min_score": cfg.selection.min_score,
@@ -126,7 +129,7 @@ def model_selection(
         for s in ("landed", "missing", "running", "failed", "stale")
     }
     return MaterializeResult(
-        data_version=DataVersion(key),
+        data_version=DataVersion(version),
         metadata={
             "selection_key": key,
             "digest": artifact.digest,

@@ -12,6 +12,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    RunsFilter,
     asset,
 )
 
@@ -67,7 +68,7 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
         if rank > len(selected):
             context.log.info(f"the selection has {len(selected)} model(s); rank {rank} serves none")
             return MaterializeResult(
-                data_version=DataVersion(f"none-{selection['key']}"),
+                data_version=DataVersion(f"none-{selection['version']}"),
                 metadata={"selection_key": selection["key"], "candidate": "none", "rows": 0},
             )
         entry = selected[rank - 1]
@@ -106,6 +107,16 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
         )
 
     return _predictions
+
+
+def _since_training_started(instance: DagsterInstance, dataset_key: str) -> dict[str, float]:
+    """Seconds from the first training run on this dataset (the fan-out's start) until now."""
+    first = instance.get_run_records(
+        RunsFilter(tags={"ml_assets/dataset": dataset_key}), limit=1, ascending=True
+    )
+    if not first:
+        return {}
+    return {"seconds_since_training_started": time.time() - first[0].create_timestamp.timestamp()}
 
 
 def build_aggregation_asset(ranks: int) -> AssetsDefinition:
@@ -162,7 +173,7 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
                 )
         threshold = cfg.serving.tag_threshold
         output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
-        key = memo_key(selection["key"], threshold, SERVING_CODE_VERSION)
+        key = memo_key(selection["version"], threshold, SERVING_CODE_VERSION)
         artifact = write_frame(artifacts, "aggregated", key, output)
         ensemble = evaluate(requests.Y, mean, task, threshold)
         per_model: dict[str, Any] = {}
@@ -192,6 +203,7 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
                 "digest": artifact.digest,
                 "path": MetadataValue.path(str(artifact.file("predictions.parquet"))),
                 "landed_at": time.time(),
+                **_since_training_started(context.instance, selection["dataset_key"]),
             },
         )
 
