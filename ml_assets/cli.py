@@ -169,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from ml_assets.partitions import sync_candidate_partitions
+    from ml_assets.resources import ArtifactStoreResource
     from ml_assets.status import collect_status, format_status
 
     started, started_wall = time.perf_counter(), time.time()
@@ -189,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("note: --force applies to ingestion only in async mode; use --mode sync")
         code = _run_async(settings, args.timeout, started, started_wall)
     with DagsterInstance.get() as instance:
-        status = collect_status(instance, settings)
+        status = collect_status(instance, settings, ArtifactStoreResource().get())
     print()
     print(format_status(status, settings.selection.min_score))
     wall = time.perf_counter() - started
@@ -203,10 +204,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _load()
     from dagster import DagsterInstance
 
+    from ml_assets.resources import ArtifactStoreResource
     from ml_assets.status import collect_status, format_status
 
     with DagsterInstance.get() as instance:
-        status = collect_status(instance, settings)
+        status = collect_status(instance, settings, ArtifactStoreResource().get())
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:

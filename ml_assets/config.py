@@ -76,6 +76,14 @@ class TrainingConfig(_Strict):
     threads_per_model: int = Field(1, ge=1, le=64)
 
 
+class RetriesConfig(_Strict):
+    """Dagster `RetryPolicy` for every step: transient errors (I/O) are retried; bad
+    configuration or data fails at once."""
+
+    max_retries: int = Field(2, ge=0, le=10)
+    delay_seconds: float = Field(2.0, ge=0.0, le=3600.0)
+
+
 class SchedulesConfig(_Strict):
     """Cron strings (UTC) of the periodic refresh and of the cache garbage collection."""
 
@@ -136,6 +144,7 @@ class Settings(_Strict):
     memoization: MemoizationConfig = MemoizationConfig()
     training: TrainingConfig = TrainingConfig()
     schedules: SchedulesConfig = SchedulesConfig()
+    retries: RetriesConfig = RetriesConfig()
     candidates: list[CandidateConfig]
 
     @model_validator(mode="after")

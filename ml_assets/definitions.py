@@ -15,7 +15,7 @@ from ml_assets.checks import (
 )
 from ml_assets.config import ConfigError, Settings, load_settings
 from ml_assets.gc import cache_gc_job
-from ml_assets.jobs import ingest_job, serve_job, train_job
+from ml_assets.jobs import build_jobs
 from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
 from ml_assets.schedules import build_schedules
 from ml_assets.sensors import candidates_sensor, model_landed_sensor
@@ -59,7 +59,7 @@ def build_definitions(
             aggregated,
         ],
         asset_checks=[dataset_schema_and_rows, selected_models_meet_bar, *checks],
-        jobs=[ingest_job, train_job, serve_job, cache_gc_job],
+        jobs=[*build_jobs(shape.retries), cache_gc_job],
         sensors=[candidates_sensor, model_landed_sensor],
         schedules=build_schedules(shape),
         resources=dict(resources)

@@ -25,6 +25,7 @@ from ml_assets.resources import ArtifactStoreResource, SettingsResource
 
 SENSOR_INTERVAL_SECONDS: Final = 2
 _MAX_EVENTS_PER_TICK: Final = 1000
+ATTEMPT_TAG: Final = "ml_assets/attempt_of"
 
 
 @sensor(
@@ -63,14 +64,26 @@ def candidates_sensor(
             run_key=f"ingest:{dataset_config_hash(cfg.dataset, cfg.training.seed)}",
         )
         return SensorResult(run_requests=[ingest], dynamic_partitions_requests=partition_requests)
-    runs = [
-        RunRequest(
-            partition_key=candidate.name,
-            run_key=f"train:{candidate.name}:{candidate.config_hash()}:{plan.dataset_key}",
-            tags={"ml_assets/candidate": candidate.name, "ml_assets/dataset": plan.dataset_key},
+    runs = []
+    for candidate in plan.to_train:
+        base = f"train:{candidate.name}:{candidate.config_hash()}:{plan.dataset_key}"
+        failures = instance.get_runs_count(
+            RunsFilter(tags={ATTEMPT_TAG: base}, statuses=[DagsterRunStatus.FAILURE])
         )
-        for candidate in plan.to_train
-    ]
+        if failures > cfg.retries.max_retries:
+            context.log.warning(f"{candidate.name}: gave up after {failures} failed runs")
+            continue
+        runs.append(
+            RunRequest(
+                partition_key=candidate.name,
+                run_key=f"{base}:{failures}",
+                tags={
+                    "ml_assets/candidate": candidate.name,
+                    "ml_assets/dataset": plan.dataset_key,
+                    ATTEMPT_TAG: base,
+                },
+            )
+        )
     skip = None
     if not runs and not partition_requests:
         invalid = f"; invalid: {sorted(plan.invalid)}" if plan.invalid else ""

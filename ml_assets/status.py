@@ -10,9 +10,12 @@ from ml_assets.assets.selection import leaderboard
 from ml_assets.config import Settings
 from ml_assets.lineage import latest_record
 from ml_assets.ml.selection import rank
+from ml_assets.store import ArtifactStore
 
 
-def collect_status(instance: DagsterInstance, settings: Settings) -> dict[str, Any]:
+def collect_status(
+    instance: DagsterInstance, settings: Settings, store: ArtifactStore | None = None
+) -> dict[str, Any]:
     dataset = latest_record(instance, AssetKey("ingested_dataset"))
     status: dict[str, Any] = {
         "dataset": None,

@@ -122,7 +122,16 @@ class ArtifactStore:
         replaced.
         """
         final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return self._put(kind, key, final, write)
+        except OSError as error:
+            raise ArtifactError(
+                f"{kind}/{key}: cannot write the artifact under {self.root}: "
+                f"{error.strerror or error} (the previous artifacts are untouched)"
+            ) from error
+
+    def _put(self, kind: str, key: str, final: Path, write: Callable[[Path], object]) -> Artifact:
         staging = final.parent / f".tmp-{key}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:

@@ -3,6 +3,7 @@
 from typing import Final
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetDep,
     AssetExecutionContext,
     AssetKey,
@@ -18,7 +19,7 @@ from dagster import (
 from ml_assets.artifacts import SELECTION_FILE, memo_key, write_json
 from ml_assets.assets.training import trained_model
 from ml_assets.config import Settings
-from ml_assets.lineage import latest_record, require_record
+from ml_assets.lineage import Record, latest_record, require_record
 from ml_assets.ml.selection import (
     LeaderboardEntry,
     NoQualifyingModelError,
@@ -28,12 +29,16 @@ from ml_assets.ml.selection import (
 )
 from ml_assets.partitions import candidates_partitions
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.store import ArtifactError, ArtifactStore
 
 SELECTION_CODE_VERSION: Final = "1"
 
 
 def leaderboard(
-    instance: DagsterInstance, settings: Settings, dataset_key: str
+    instance: DagsterInstance,
+    settings: Settings,
+    dataset_key: str,
+    store: ArtifactStore | None = None,
 ) -> list[LeaderboardEntry]:
     """Every configured candidate with its state; only current, landed models are eligible."""
     names = [c.name for c in settings.candidates]
@@ -84,6 +89,15 @@ def leaderboard(
     return entries
 
 
+def _artifact_problem(store: ArtifactStore, record: Record) -> str:
+    """Why a recorded model cannot be served ("" when it verifies)."""
+    try:
+        store.verify("models", record["model_key"], record["digest"])
+    except ArtifactError as error:
+        return f"model artifact unusable, passed over: {error}"
+    return ""
+
+
 @asset(
     deps=[AssetDep(trained_model), AssetKey("ingested_dataset")],
     group_name="serving",
@@ -96,10 +110,20 @@ def model_selection(
     """The top k models (score ≥ min_score) among the candidates that have landed so far."""
     cfg = settings.load()
     dataset = require_record(context.instance, AssetKey("ingested_dataset"), "ingest first")
-    entries = leaderboard(context.instance, cfg, dataset["dataset_key"])
+    artifacts = store.get()
+    entries = leaderboard(context.instance, cfg, dataset["dataset_key"], artifacts)
     try:
         selected = select_top_k(entries, cfg.selection.top_k, cfg.selection.min_score)
     except NoQualifyingModelError as error:
+        # Visible as a failed check too; the previous selection and predictions stay in place.
+        context.log_event(
+            AssetCheckEvaluation(
+                asset_key=model_selection.key,
+                check_name="selected_models_meet_bar",
+                passed=False,
+                description=str(error)[:1000],
+            )
+        )
         raise Failure(
             str(error),
             metadata={
@@ -121,12 +145,12 @@ def model_selection(
         "selected": [e.as_dict() for e in selected],
         "leaderboard": [e.as_dict() for e in rank(entries)],
     }
-    artifact = write_json(store.get(), "selections", key, SELECTION_FILE, body)
+    artifact = write_json(artifacts, "selections", key, SELECTION_FILE, body)
     names = [e.name for e in selected]
     context.log.info(f"selected {names} (selection {key})")
     counts = {
         s: sum(e.status == s for e in entries)
-        for s in ("landed", "missing", "running", "failed", "stale")
+        for s in ("landed", "missing", "running", "failed", "stale", "broken")
     }
     return MaterializeResult(
         data_version=DataVersion(version),

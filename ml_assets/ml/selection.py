@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Status = Literal["landed", "missing", "running", "failed", "stale", "invalid"]
+Status = Literal["landed", "missing", "running", "failed", "stale", "broken", "invalid"]
 
 
 @dataclass(frozen=True)

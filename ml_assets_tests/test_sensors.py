@@ -1,0 +1,324 @@
+"""Sensor tests: candidates_sensor, model_landed_sensor and plan_training on a temp project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    AddDynamicPartitionsRequest,
+    AssetKey,
+    AssetRecordsFilter,
+    DeleteDynamicPartitionsRequest,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
+
+from ml_assets.config import load_settings
+from ml_assets.lineage import latest_record
+from ml_assets.ml.datasets import load_digits_frame
+from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
+from ml_assets.planning import TrainingPlan, plan_training
+from ml_assets.sensors import candidates_sensor, model_landed_sensor
+from ml_assets_tests.conftest import Project
+
+# Three quick candidates: two clear the 0.90 bar on digits, the stump does not.
+CANDIDATES: list[dict[str, Any]] = [
+    {"name": "knn", "model": "knn", "params": {"n_neighbors": 3}},
+    {"name": "extra_trees", "model": "extra_trees", "params": {"n_estimators": 10}},
+    {"name": "stump", "model": "decision_tree", "params": {"max_depth": 2}},
+]
+NAMES = sorted(c["name"] for c in CANDIDATES)
+
+
+@pytest.fixture
+def small(project: Project) -> Project:
+    project.write_config(candidates=[dict(c) for c in CANDIDATES])
+    return project
+
+
+def _tick(project: Project, sensor: Any, cursor: str | None = None) -> SensorResult | SkipReason:
+    context = build_sensor_context(
+        instance=project.instance, resources=project.resources(), cursor=cursor
+    )
+    result = sensor(context)
+    assert isinstance(result, SensorResult | SkipReason)
+    return result
+
+
+def _result(project: Project, sensor: Any, cursor: str | None = None) -> SensorResult:
+    result = _tick(project, sensor, cursor)
+    assert isinstance(result, SensorResult), result
+    return result
+
+
+def _skip_message(result: SensorResult | SkipReason) -> str:
+    skip = result if isinstance(result, SkipReason) else result.skip_reason
+    assert skip is not None and skip.skip_message, f"expected a skip, got {result}"
+    return skip.skip_message
+
+
+def _added(result: SensorResult) -> list[str]:
+    requests = result.dynamic_partitions_requests or []
+    return sorted(
+        key
+        for r in requests
+        if isinstance(r, AddDynamicPartitionsRequest)
+        for key in r.partition_keys
+        if r.partitions_def_name == CANDIDATES_PARTITIONS_NAME
+    )
+
+
+def _deleted(result: SensorResult) -> list[str]:
+    requests = result.dynamic_partitions_requests or []
+    return sorted(
+        key
+        for r in requests
+        if isinstance(r, DeleteDynamicPartitionsRequest)
+        for key in r.partition_keys
+        if r.partitions_def_name == CANDIDATES_PARTITIONS_NAME
+    )
+
+
+def _requested(result: SensorResult) -> list[str]:
+    return sorted(r.partition_key or "" for r in result.run_requests or [])
+
+
+def _dataset_key(project: Project) -> str:
+    record = latest_record(project.instance, AssetKey("ingested_dataset"))
+    assert record is not None
+    return str(record["dataset_key"])
+
+
+def _ingest(project: Project) -> None:
+    assert project.run("ingest_job").success
+
+
+def _train_all(project: Project) -> None:
+    assert all(project.train_all().values())
+
+
+def _set_params(project: Project, name: str, params: dict[str, Any]) -> None:
+    candidates = [
+        {**c, "params": params} if c["name"] == name else c for c in project.config["candidates"]
+    ]
+    project.write_config(candidates=candidates)
+
+
+def _newest_model_storage_id(project: Project) -> int:
+    records = project.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("trained_model")), limit=1
+    ).records
+    assert records
+    return records[0].storage_id
+
+
+def _plan(project: Project) -> TrainingPlan:
+    return plan_training(project.instance, load_settings(project.config_path), project.store)
+
+
+# --- candidates_sensor ------------------------------------------------------------------------
+
+
+def test_no_dataset_requests_ingestion_and_adds_every_candidate(small: Project) -> None:
+    result = _result(small, candidates_sensor)
+    assert len(result.run_requests or []) == 1
+    (ingest,) = result.run_requests or []
+    assert ingest.job_name == "ingest_job"
+    assert ingest.run_key and ingest.run_key.startswith("ingest:")
+    assert _added(result) == NAMES
+    assert _deleted(result) == []
+
+
+def test_after_ingestion_every_candidate_is_requested(small: Project) -> None:
+    _ingest(small)
+    dataset = _dataset_key(small)
+    settings = load_settings(small.config_path)
+    result = _result(small, candidates_sensor)
+    assert _requested(result) == NAMES
+    for request in result.run_requests or []:
+        assert isinstance(request, RunRequest)
+        name = request.partition_key
+        assert name is not None
+        assert request.job_name in (None, "train_job")
+        assert request.run_key is not None
+        assert name in request.run_key
+        assert settings.candidate(name).config_hash() in request.run_key
+        assert dataset in request.run_key
+        assert request.tags["ml_assets/dataset"] == dataset
+        assert request.tags["ml_assets/candidate"] == name
+    assert candidates_sensor.job_name == "train_job"
+    # The partitions do not exist yet, so the same tick adds them.
+    assert _added(result) == NAMES
+
+
+def test_trained_candidates_request_nothing_until_params_change(small: Project) -> None:
+    _ingest(small)
+    _train_all(small)
+    result = _result(small, candidates_sensor)
+    assert not result.run_requests
+    assert not result.dynamic_partitions_requests
+    assert "up to date (3)" in _skip_message(result)
+    plan = _plan(small)
+    assert plan.to_train == []
+    assert sorted(plan.up_to_date) == NAMES
+    assert plan.invalid == {}
+    assert plan.dataset_key == _dataset_key(small)
+
+    # A cached model that is no longer intact is trained again.
+    stump = latest_record(small.instance, AssetKey("trained_model"), "stump")
+    assert stump is not None
+    shutil.rmtree(small.store.path("models", stump["model_key"]))
+    assert [c.name for c in _plan(small).to_train] == ["stump"]
+    assert small.run("train_job", "stump").success
+    assert _plan(small).to_train == []
+
+    before = load_settings(small.config_path).candidate("knn").config_hash()
+    _set_params(small, "knn", {"n_neighbors": 5})
+    after = load_settings(small.config_path).candidate("knn").config_hash()
+    assert after != before
+    result = _result(small, candidates_sensor)
+    assert _requested(result) == ["knn"]
+    (request,) = result.run_requests or []
+    assert request.run_key is not None and after in request.run_key
+    assert not result.dynamic_partitions_requests
+    changed = _plan(small)
+    assert [c.name for c in changed.to_train] == ["knn"]
+    assert sorted(changed.up_to_date) == ["extra_trees", "stump"]
+
+
+def test_removed_candidate_partition_is_deleted(small: Project) -> None:
+    small.sync()
+    small.write_config(candidates=[c for c in small.config["candidates"] if c["name"] != "stump"])
+    result = _result(small, candidates_sensor)
+    assert _deleted(result) == ["stump"]
+    assert _added(result) == []
+
+
+def test_invalid_candidates_are_neither_added_nor_requested(small: Project) -> None:
+    invalid = [
+        {"name": "mystery", "model": "no_such_model"},
+        {"name": "typo", "model": "knn", "params": {"n_neighbours": 3}},
+    ]
+    small.write_config(candidates=[*small.config["candidates"], *invalid])
+    before_ingest = _result(small, candidates_sensor)
+    assert _added(before_ingest) == NAMES
+    _ingest(small)
+    result = _result(small, candidates_sensor)
+    assert _requested(result) == NAMES
+    assert _added(result) == NAMES
+    plan = _plan(small)
+    assert sorted(plan.invalid) == ["mystery", "typo"]
+    assert "unknown model type 'no_such_model'" in plan.invalid["mystery"]
+    assert "n_neighbours" in plan.invalid["typo"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("candidates: [\n  - {name: knn\n", "not valid YAML"),
+        (None, "unknown key"),
+    ],
+    ids=["bad-yaml", "unknown-key"],
+)
+def test_invalid_config_skips_and_keeps_the_partitions(
+    small: Project, text: str | None, expected: str
+) -> None:
+    small.sync()
+    if text is None:
+        small.write_config(bogus_key=1)
+    else:
+        small.config_path.write_text(text)
+    result = _tick(small, candidates_sensor)
+    assert isinstance(result, SkipReason)
+    message = _skip_message(result)
+    assert expected in message
+    assert "config invalid" in message
+    if text is None:
+        assert "bogus_key" in message
+    assert sorted(small.instance.get_dynamic_partitions(CANDIDATES_PARTITIONS_NAME)) == sorted(
+        NAMES
+    )
+
+
+# --- model_landed_sensor ----------------------------------------------------------------------
+
+
+def test_model_landed_skips_without_materializations(small: Project) -> None:
+    result = _tick(small, model_landed_sensor)
+    assert isinstance(result, SkipReason)
+    assert "no model landed" in _skip_message(result)
+
+
+def test_model_landings_trigger_serving_once_and_memo_hits_do_not(small: Project) -> None:
+    _ingest(small)
+    _train_all(small)
+    first = _result(small, model_landed_sensor)
+    assert len(first.run_requests or []) == 1
+    (run,) = first.run_requests or []
+    assert run.job_name in (None, "serve_job")
+    assert model_landed_sensor.job_name == "serve_job"
+    assert first.cursor == str(_newest_model_storage_id(small))
+    assert run.tags["ml_assets/landed"].split(",") == NAMES  # all three, none dropped
+
+    # Nothing new since that cursor: skip.
+    quiet = _tick(small, model_landed_sensor, cursor=first.cursor)
+    assert isinstance(quiet, SkipReason)
+    assert "no model landed" in _skip_message(quiet)
+
+    # Serving runs; then a memo hit lands the same model key again: serving already has it.
+    assert small.run("serve_job").success
+    assert small.run("train_job", "knn").success
+    record = latest_record(small.instance, AssetKey("trained_model"), "knn")
+    assert record is not None and record["memoized"] is True
+    again = _result(small, model_landed_sensor, cursor=first.cursor)
+    assert not again.run_requests
+    assert "serving already has these models" in _skip_message(again)
+    assert "knn" in _skip_message(again)
+    assert again.cursor == str(_newest_model_storage_id(small))
+    assert first.cursor is not None and int(again.cursor) > int(first.cursor)
+
+    # A genuinely new model for one candidate does trigger serving.
+    _set_params(small, "knn", {"n_neighbors": 5})
+    assert small.run("train_job", "knn").success
+    changed = _result(small, model_landed_sensor, cursor=again.cursor)
+    assert len(changed.run_requests or []) == 1
+    assert changed.run_requests is not None
+    assert changed.run_requests[0].tags["ml_assets/landed"] == "knn"
+
+
+# --- plan_training ----------------------------------------------------------------------------
+
+
+def test_plan_without_dataset_lists_every_valid_candidate(small: Project) -> None:
+    plan = _plan(small)
+    assert plan.dataset_key is None
+    assert sorted(c.name for c in plan.to_train) == NAMES
+
+
+def _write_digits_csv(path: Path, rows: slice) -> None:
+    load_digits_frame().iloc[rows].to_csv(path, index=False)
+
+
+def test_data_change_replans_every_candidate(small: Project) -> None:
+    source = small.root / "digits.csv"
+    _write_digits_csv(source, slice(0, 1200))
+    small.write_config(dataset={"source": "digits.csv"})
+    _ingest(small)
+    _train_all(small)
+    first = _dataset_key(small)
+    assert _plan(small).to_train == []
+
+    _write_digits_csv(source, slice(597, 1797))  # same count, different records
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))
+    _ingest(small)
+    assert _dataset_key(small) != first
+    plan = _plan(small)
+    assert sorted(c.name for c in plan.to_train) == NAMES
+    assert plan.up_to_date == []
