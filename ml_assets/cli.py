@@ -104,12 +104,15 @@ def _run_async(settings: Settings, timeout: float, started: float, started_wall:
     log = home / "daemon.log"
     first_prediction: float | None = None
     settled_polls = 0
-    print(f"daemon started; sensors drive training and serving (log: {log})")
     with dagster_daemon(home, Path.cwd(), log) as daemon, DagsterInstance.get() as instance:
+        if daemon is None:
+            print("a daemon is already running on this instance (make dev?); using it")
+        else:
+            print(f"daemon started; sensors drive training and serving (log: {log})")
         before = latest_record(instance, AssetKey("aggregated_predictions"))
         while time.perf_counter() - started < timeout:
             time.sleep(1.0)
-            if daemon.poll() is not None:
+            if daemon is not None and daemon.poll() is not None:
                 print(f"error: the daemon exited ({daemon.returncode}); see {log}", file=sys.stderr)
                 return 1
             aggregated = latest_record(instance, AssetKey("aggregated_predictions"))

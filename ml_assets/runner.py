@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -140,9 +141,21 @@ def _workspace_file(home: Path, project_dir: Path) -> Path:
     return path
 
 
+def daemon_running(instance: DagsterInstance, within_seconds: float = 30.0) -> bool:
+    """True when a sensor daemon (e.g. `make dev`'s) heartbeat is recent on this instance."""
+    heartbeat = instance.get_daemon_heartbeats().get("SENSOR")
+    return heartbeat is not None and time.time() - heartbeat.timestamp < within_seconds
+
+
 @contextmanager
-def dagster_daemon(home: Path, project_dir: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `dagster-daemon` over `$DAGSTER_HOME` for the duration of the block."""
+def dagster_daemon(
+    home: Path, project_dir: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Run `dagster-daemon` over `$DAGSTER_HOME` for the block (None: one is already running)."""
+    with DagsterInstance.get() as instance:
+        if daemon_running(instance):
+            yield None
+            return
     executable = Path(sys.executable).parent / "dagster-daemon"
     command = (
         [str(executable)] if executable.exists() else [sys.executable, "-m", "dagster", "daemon"]
