@@ -18,7 +18,8 @@ from dagster import (
 )
 
 from ml_assets.config import ConfigError, load_settings
-from ml_assets.memo import dataset_config_hash
+from ml_assets.lineage import latest_record
+from ml_assets.memo import IngestionState, dataset_config_hash
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
 from ml_assets.planning import plan_training, serving_is_current
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
@@ -58,12 +59,11 @@ def candidates_sensor(
         partition_requests.append(
             DeleteDynamicPartitionsRequest(CANDIDATES_PARTITIONS_NAME, removed)
         )
-    if plan.dataset_key is None:
-        ingest = RunRequest(
-            job_name="ingest_job",
-            run_key=f"ingest:{dataset_config_hash(cfg.dataset, cfg.training.seed)}",
+    if plan.dataset_key is None:  # dataset_sensor requests the first ingestion
+        return SensorResult(
+            dynamic_partitions_requests=partition_requests,
+            skip_reason=None if partition_requests else "waiting for the first ingestion",
         )
-        return SensorResult(run_requests=[ingest], dynamic_partitions_requests=partition_requests)
     runs = []
     for candidate in plan.to_train:
         base = f"train:{candidate.name}:{candidate.config_hash()}:{plan.dataset_key}"
@@ -91,6 +91,32 @@ def candidates_sensor(
     return SensorResult(
         run_requests=runs, dynamic_partitions_requests=partition_requests, skip_reason=skip
     )
+
+
+@sensor(
+    name="dataset_sensor",
+    job_name="ingest_job",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def dataset_sensor(
+    context: SensorEvaluationContext, settings: SettingsResource
+) -> RunRequest | SkipReason:
+    """Request ingestion when there is no dataset yet or the `dataset:` settings changed.
+
+    Changes of the source's content are picked up by `refresh_schedule` and `ml-assets run`,
+    which apply the freshness and row-change rules.
+    """
+    try:
+        cfg = load_settings(settings.path())
+    except ConfigError as error:
+        return SkipReason(f"config invalid; keeping the last good state: {error}")
+    config_hash = dataset_config_hash(cfg.dataset, cfg.training.seed)
+    record = latest_record(context.instance, AssetKey("ingested_dataset"))
+    state = None if record is None else IngestionState.from_metadata(record.metadata)
+    if state is not None and state.config_hash == config_hash:
+        return SkipReason("dataset settings unchanged since the last ingestion")
+    return RunRequest(run_key=f"ingest:{config_hash}")
 
 
 @sensor(

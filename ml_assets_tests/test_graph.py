@@ -49,7 +49,11 @@ def test_definitions_load_and_resolve_everything() -> None:
     defs.validate_loadable(defs)
     three = Settings(selection={"top_k": 3}, candidates=[{"name": "a", "model": "knn"}])
     assert len(build_definitions(three).resolve_all_asset_keys()) == len(keys) + 1
-    assert {s.name for s in defs.sensors} == {"candidates_sensor", "model_landed_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "dataset_sensor",
+        "candidates_sensor",
+        "model_landed_sensor",
+    }
     assert {s.name for s in defs.schedules} == {"refresh_schedule", "cache_gc_schedule"}
 
 

@@ -24,7 +24,7 @@ from ml_assets.lineage import latest_record
 from ml_assets.ml.datasets import load_digits_frame
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
 from ml_assets.planning import TrainingPlan, plan_training
-from ml_assets.sensors import candidates_sensor, model_landed_sensor
+from ml_assets.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
 from ml_assets_tests.conftest import Project
 
 # Three quick candidates: two clear the 0.90 bar on digits, the stump does not.
@@ -127,12 +127,21 @@ def _plan(project: Project) -> TrainingPlan:
 
 def test_no_dataset_requests_ingestion_and_adds_every_candidate(small: Project) -> None:
     result = _result(small, candidates_sensor)
-    assert len(result.run_requests or []) == 1
-    (ingest,) = result.run_requests or []
-    assert ingest.job_name == "ingest_job"
-    assert ingest.run_key and ingest.run_key.startswith("ingest:")
+    assert result.run_requests == []
     assert _added(result) == NAMES
     assert _deleted(result) == []
+    context = build_sensor_context(instance=small.instance, resources=small.resources())
+    ingest = dataset_sensor(context)
+    assert isinstance(ingest, RunRequest) and ingest.run_key
+    assert ingest.run_key.startswith("ingest:")
+    _ingest(small)
+    context = build_sensor_context(instance=small.instance, resources=small.resources())
+    again = dataset_sensor(context)
+    assert isinstance(again, SkipReason) and "unchanged" in (again.skip_message or "")
+    small.write_config(dataset={"source": "sklearn_digits", "split": {"validation": 0.25}})
+    context = build_sensor_context(instance=small.instance, resources=small.resources())
+    changed = dataset_sensor(context)
+    assert isinstance(changed, RunRequest) and changed.run_key != ingest.run_key
 
 
 def test_after_ingestion_every_candidate_is_requested(small: Project) -> None:
