@@ -33,6 +33,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
+from threadpoolctl import threadpool_limits
 
 from ml_assets.ml.datasets import Dataset, Task
 
@@ -221,13 +222,20 @@ def train_candidate(
     columns = select_features(candidate, train.features, features)
     X = train.X[columns]
     started = time.perf_counter()
-    if model == "lightgbm":
-        trained = _train_lightgbm(candidate, params, train, X, columns, seed=seed, threads=threads)
-    else:
-        pipeline = build_estimator(candidate, model, params, train.task, seed=seed, threads=threads)
-        target = train.Y.argmax(axis=1) if train.task == "multiclass" else train.Y
-        _fit(candidate, pipeline, X, target)
-        trained = TrainedModel(model, train.task, train.entities, columns, estimator=pipeline)
+    # BLAS/OpenMP pools default to every core; with several candidates training at once that
+    # oversubscribes the machine, so each fit gets exactly `threads`.
+    with threadpool_limits(limits=threads):
+        if model == "lightgbm":
+            trained = _train_lightgbm(
+                candidate, params, train, X, columns, seed=seed, threads=threads
+            )
+        else:
+            pipeline = build_estimator(
+                candidate, model, params, train.task, seed=seed, threads=threads
+            )
+            target = train.Y.argmax(axis=1) if train.task == "multiclass" else train.Y
+            _fit(candidate, pipeline, X, target)
+            trained = TrainedModel(model, train.task, train.entities, columns, estimator=pipeline)
     seconds = time.perf_counter() - started
     _, effective = _estimator_params(candidate, model, params, seed=seed, threads=threads)
     return TrainingResult(trained, seconds, len(train), effective)

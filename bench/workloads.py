@@ -1,0 +1,138 @@
+"""The datasets and `ml_assets.yaml` files the benchmarks run on, all under `bench/.work/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from bench.harness import WORK, Context
+
+DATA: Final = WORK / "data"
+
+# Cheap enough that the medium suite finishes in minutes on 2 cores, costly enough that model
+# fitting is most of a cold run. LightGBM sees only the 128 audio columns: its per-entity
+# dataset construction over all 1,152 columns alone takes ~5 s × 20 entities. The longest
+# candidates come first so that two workers finish close together.
+VIDEO_CANDIDATES: Final[list[dict[str, Any]]] = [
+    {
+        "name": "audio_lightgbm",
+        "model": "lightgbm",
+        "params": {"num_leaves": 15, "n_estimators": 30, "subsample_for_bin": 2000},
+        "features": ["mean_audio_*"],
+    },
+    {
+        "name": "audio_forest",
+        "model": "random_forest",
+        "params": {"n_estimators": 40, "max_depth": 12},
+        "features": ["mean_audio_*"],
+    },
+    {
+        "name": "visual_logreg",
+        "model": "logistic_regression",
+        "params": {"C": 0.05},
+        "features": ["mean_rgb_*"],
+    },
+    {"name": "logreg", "model": "logistic_regression", "params": {"C": 0.05}},
+    {"name": "gaussian_nb", "model": "gaussian_nb"},
+    {
+        "name": "audio_logreg",
+        "model": "logistic_regression",
+        "params": {"C": 0.05},
+        "features": ["mean_audio_*"],
+    },
+]
+AUDIO_ONLY: Final = ["mean_audio_*"]
+VISUAL_ONLY: Final = ["mean_rgb_*"]
+
+DIGITS_CANDIDATES: Final[list[dict[str, Any]]] = [
+    {
+        "name": "lightgbm_fast",
+        "model": "lightgbm",
+        "params": {"num_leaves": 15, "n_estimators": 100},
+    },
+    {"name": "logistic_regression", "model": "logistic_regression", "params": {"C": 1.0}},
+    {"name": "random_forest", "model": "random_forest", "params": {"n_estimators": 200}},
+    {"name": "knn", "model": "knn", "params": {"n_neighbors": 3}},
+    {"name": "gaussian_nb", "model": "gaussian_nb"},
+    {"name": "shallow_tree", "model": "decision_tree", "params": {"max_depth": 6}},
+]
+DIGITS_MIN_SCORE: Final = 0.90
+SCALING_MIN_SCORE: Final = 0.50
+
+
+def videos(rows: int, rgb_dims: int, audio_dims: int, entities: int, seed: int = 0) -> Path:
+    """The generator's YouTube-8M-shaped Parquet file, written once and reused (deterministic)."""
+    from ml_assets.ml.synthetic import write_videos
+
+    path = DATA / f"videos_{rows}x{rgb_dims}+{audio_dims}_e{entities}_s{seed}.parquet"
+    if not path.is_file():
+        write_videos(path, rows, entities, seed=seed, rgb_dims=rgb_dims, audio_dims=audio_dims)
+    return path
+
+
+def video_source(ctx: Context) -> Path:
+    s = ctx.sizes
+    return videos(s.videos, s.rgb_dims, s.audio_dims, s.entities)
+
+
+def ingestion_source(ctx: Context) -> Path:
+    s = ctx.sizes
+    return videos(s.ingest_rows, s.ingest_rgb_dims, s.ingest_audio_dims, s.entities)
+
+
+def write_config(
+    path: Path,
+    dataset: dict[str, Any],
+    candidates: list[dict[str, Any]],
+    min_score: float,
+    max_concurrent: int = 2,
+) -> Path:
+    """An `ml_assets.yaml`: the given dataset and candidates, one thread per model."""
+    body = {
+        "dataset": dataset,
+        "selection": {"metric": "accuracy", "top_k": 2, "min_score": min_score},
+        "training": {"seed": 0, "max_concurrent": max_concurrent, "threads_per_model": 1},
+        "candidates": candidates,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def video_config(ctx: Context, directory: Path) -> Path:
+    """The generated videos with the perspective-restricted candidate set."""
+    dataset = {"source": str(video_source(ctx)), "label": "tags", "id": "video_id"}
+    return write_config(directory / "videos.yaml", dataset, VIDEO_CANDIDATES, ctx.sizes.min_score)
+
+
+def digits_config(directory: Path) -> Path:
+    return write_config(
+        directory / "digits.yaml",
+        {"source": "sklearn_digits", "label": "label"},
+        DIGITS_CANDIDATES,
+        DIGITS_MIN_SCORE,
+    )
+
+
+def scaling_candidates(count: int) -> list[dict[str, Any]]:
+    """`count` cheap candidates: Gaussian naive Bayes and shallow trees, alternating."""
+    candidates: list[dict[str, Any]] = []
+    for i in range(count):
+        if i % 2 == 0:
+            params: dict[str, Any] = {"var_smoothing": 1e-9 * (i + 1)}
+            candidates.append({"name": f"nb_{i:03d}", "model": "gaussian_nb", "params": params})
+        else:
+            params = {"max_depth": 3 + i % 6}
+            candidates.append({"name": f"tree_{i:03d}", "model": "decision_tree", "params": params})
+    return candidates
+
+
+def scaling_config(directory: Path, count: int) -> Path:
+    return write_config(
+        directory / f"scale_{count}.yaml",
+        {"source": "sklearn_digits", "label": "label"},
+        scaling_candidates(count),
+        SCALING_MIN_SCORE,
+    )
