@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
 export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
+# The UI listens on localhost only; `make dev DEV_HOST=0.0.0.0` exposes it (no authentication).
+DEV_HOST ?= 127.0.0.1
 
 .PHONY: run test lint dev status bench clean
 .DEFAULT_GOAL := run
@@ -31,7 +33,7 @@ lint: $(BIN)/.installed
 
 dev: $(BIN)/.installed
 	$(BIN)/ml-assets home >/dev/null
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dagster dev -h $(DEV_HOST) -p 3000 -w workspace.yaml
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run

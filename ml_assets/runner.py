@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 from dagster import (
     DagsterInstance,
@@ -27,6 +32,7 @@ from dagster import (
 from ml_assets.config import default_home
 
 INSTANCE_CONFIG = "dagster.yaml"
+LAUNCH_TAG = "ml_assets/launch"  # finds the run of a process that died before reporting it
 # The run's full event log still goes to the instance (and the UI); the terminal gets warnings.
 QUIET_RUN_CONFIG: Mapping[str, object] = {
     "loggers": {"console": {"config": {"log_level": "WARNING"}}}
@@ -81,6 +87,27 @@ class RunOutcome:
     error: str
 
 
+class ErrorInfo(Protocol):
+    """The parts of Dagster's serialized step error that `failure_text` reads."""
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def cls_name(self) -> str | None: ...
+
+    @property
+    def cause(self) -> ErrorInfo | None: ...
+
+
+def failure_text(error: ErrorInfo) -> str:
+    """A failed step's error as a person needs it: once a retried step gives up, Dagster's
+    message is only "Exceeded max_retries of N", so the error that was retried comes first."""
+    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        return f"{failure_text(error.cause)}\n({error.message.strip()})"
+    return error.message.strip()
+
+
 def run_job(
     job: str, partition: str | None = None, tags: Mapping[str, str] | None = None
 ) -> RunOutcome:
@@ -96,23 +123,98 @@ def run_job(
             run_config=QUIET_RUN_CONFIG,
         )
         errors = [
-            event.step_failure_data.error.message.strip()
+            failure_text(event.step_failure_data.error)
             for event in result.get_step_failure_events()
             if event.step_failure_data.error is not None
         ]
         return RunOutcome(job, partition, result.run_id, result.success, "\n".join(errors))
 
 
+def _serve_runs(connection: Connection) -> None:
+    """A worker process: execute the runs sent over `connection`, one after another."""
+    with contextlib.suppress(EOFError):  # the parent went away
+        while (task := connection.recv()) is not None:
+            connection.send(run_job(*task))
+
+
+class _Worker:
+    """A spawned process that executes runs one at a time (imports are paid once)."""
+
+    def __init__(self) -> None:
+        context = get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve_runs, args=(child,))
+        self.process.start()
+        child.close()
+
+    def run(self, job: str, partition: str, tags: Mapping[str, str]) -> RunOutcome | None:
+        """The run's outcome, or None when the process died during the run."""
+        try:
+            self.connection.send((job, partition, dict(tags)))
+            outcome: RunOutcome = self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            return None
+        return outcome
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.send(None)
+        self.process.join()
+        self.connection.close()
+
+
+def _mark_dead_run(job: str, partition: str, launch: str, exitcode: int | None) -> RunOutcome:
+    """Fail the run of a process that died, so it does not stay 'started' on the instance."""
+    how = (
+        f"killed by {signal.Signals(-exitcode).name}"
+        if exitcode and exitcode < 0
+        else f"exit code {exitcode}"
+    )
+    reason = f"the run's process died ({how}) before the run finished: killed, or out of memory?"
+    run_id = ""
+    with DagsterInstance.get() as instance:
+        for record in instance.get_run_records(RunsFilter(tags={LAUNCH_TAG: launch}), limit=1):
+            run_id = record.dagster_run.run_id
+            if not record.dagster_run.is_finished:
+                instance.report_run_failed(record.dagster_run, reason)
+    return RunOutcome(job, partition, run_id, False, reason)
+
+
 def run_partitions(
     job: str, partitions: list[str], max_workers: int, tags: Mapping[str, str] | None = None
 ) -> list[RunOutcome]:
-    """One run per partition, at most `max_workers` at once, each in its own process."""
-    outcomes: list[RunOutcome] = []
-    with ProcessPoolExecutor(max_workers=max_workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, job, p, tags) for p in partitions]
-        for future in as_completed(futures):
-            outcomes.append(future.result())
-    return sorted(outcomes, key=lambda o: partitions.index(o.partition or ""))
+    """One run per partition, at most `max_workers` at once, in worker processes. A worker that
+    dies (killed, out of memory) fails only the run it was executing, which is marked failed on
+    the instance, and is replaced; the other runs go on."""
+    todo = list(partitions)
+    outcomes: dict[str, RunOutcome] = {}
+    lock = threading.Lock()
+
+    def _drive() -> None:
+        worker: _Worker | None = None
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    partition = todo.pop(0)
+                worker = worker or _Worker()
+                launch = uuid.uuid4().hex
+                outcome = worker.run(job, partition, {**(tags or {}), LAUNCH_TAG: launch})
+                if outcome is None:
+                    outcome = _mark_dead_run(job, partition, launch, worker.process.exitcode)
+                    worker = None
+                outcomes[partition] = outcome
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    workers = max(1, min(max_workers, len(todo)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(_drive) for _ in range(workers)]:
+            future.result()
+    return [outcomes[p] for p in partitions]
 
 
 IN_PROGRESS_STATUSES = (

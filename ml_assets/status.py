@@ -32,7 +32,7 @@ def collect_status(
         "entities": dataset["entities"],
     }
     status["leaderboard"] = [
-        e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"]))
+        e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"], store))
     ]
     selection = latest_record(instance, AssetKey("model_selection"))
     if selection is not None:

@@ -266,11 +266,15 @@ class ArtifactStore:
         and entries created or hit at or after `keep_hit_since` (used by runs in progress).
 
         An entry hit "in the future" (the clock went backwards) is never deleted. Staging
-        directories left by a killed writer are removed once older than the retention too.
+        directories left by a killed writer are removed once older than the retention too, but
+        never one touched since `keep_hit_since` (a run in progress may still be writing it).
         """
         now = self.clock()
         if not dry_run:
-            self._remove_stale_staging(now - retention_seconds)
+            stale = now - retention_seconds
+            self._remove_stale_staging(
+                stale if keep_hit_since is None else min(stale, keep_hit_since)
+            )
         deleted: list[tuple[str, str]] = []
         kept_protected = kept_recent = freed = 0
         for entry in list(self.entries()):

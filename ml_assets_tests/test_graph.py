@@ -185,7 +185,17 @@ def test_tampered_model_is_refused(project: Project) -> None:
     import shutil
 
     shutil.rmtree(_record(project, "predictions_rank_1")["path"])
-    result = project.run("serve_job")
+    # Only the serving step: a fresh selection would pass over the broken model (see
+    # test_reliability.py); here the model was damaged after it was selected.
+    result = (
+        project.defs()
+        .resolve_job_def("serve_job")
+        .execute_in_process(
+            instance=project.instance,
+            asset_selection=[AssetKey("predictions_rank_1")],
+            raise_on_error=False,
+        )
+    )
     assert not result.success
     message = _failure_message(result)
     assert selection["selected"][0] in message and "SHA-256" in message

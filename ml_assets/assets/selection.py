@@ -76,6 +76,8 @@ def leaderboard(
             entries.append(
                 LeaderboardEntry(name, "stale", note="config changed since training", **common)
             )
+        elif store is not None and (problem := _artifact_problem(store, record)):
+            entries.append(LeaderboardEntry(name, "broken", note=problem, **common))
         else:
             note = (
                 {
