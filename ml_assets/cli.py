@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ml_assets.config import ConfigError, Settings, load_settings
 from ml_assets.runner import prepare_home
+from ml_assets.tags import DATASET_TAG, FORCE_TAG
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -51,7 +52,7 @@ def _ingest_if_needed(settings: Settings, force: frozenset[str]) -> bool:
 
 
 def _force_tags(force: frozenset[str]) -> dict[str, str]:
-    return {"ml_assets/force": ",".join(sorted(force))} if force else {}
+    return {FORCE_TAG: ",".join(sorted(force))} if force else {}
 
 
 def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
@@ -70,7 +71,7 @@ def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
     names = [c.name for c in plan.to_train] + sorted(plan.invalid)
     if names:
         print(f"training {len(names)} candidate(s), at most {workers} at a time…")
-        tags = {**_force_tags(force), "ml_assets/dataset": plan.dataset_key or ""}
+        tags = {**_force_tags(force), DATASET_TAG: plan.dataset_key or ""}
         for outcome in run_partitions("train_job", names, workers, tags):
             first_line = outcome.error.splitlines()[0] if outcome.error else ""
             verdict = "ok" if outcome.success else f"FAILED: {first_line}"

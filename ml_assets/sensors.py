@@ -23,6 +23,7 @@ from ml_assets.memo import IngestionState, dataset_config_hash
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
 from ml_assets.planning import plan_training, serving_is_current
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.tags import DATASET_TAG
 
 SENSOR_INTERVAL_SECONDS: Final = 2
 _MAX_EVENTS_PER_TICK: Final = 1000
@@ -79,7 +80,7 @@ def candidates_sensor(
                 run_key=f"{base}:{failures}",
                 tags={
                     "ml_assets/candidate": candidate.name,
-                    "ml_assets/dataset": plan.dataset_key,
+                    DATASET_TAG: plan.dataset_key,
                     ATTEMPT_TAG: base,
                 },
             )

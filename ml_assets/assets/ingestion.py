@@ -27,11 +27,11 @@ from ml_assets.memo import (
 )
 from ml_assets.ml.datasets import PARTS, DatasetError, clean, content_hash, read_source, split
 from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
+from ml_assets.tags import FORCE_TAG, is_forced
 
 # Bump when cleaning or splitting changes what a given source turns into: every dataset is then
 # re-ingested and, through the memo keys, every candidate retrained.
 INGESTION_CODE_VERSION: Final = "1"
-FORCE_TAG: Final = "ml_assets/force"
 
 
 def freshness_policy(days: float) -> FreshnessPolicy:
@@ -84,11 +84,6 @@ def raw_dataset(context: AssetExecutionContext, settings: SettingsResource) -> O
     )
 
 
-def _forced(context: AssetExecutionContext) -> bool:
-    value = context.run.tags.get(FORCE_TAG, "")
-    return value == "all" or "ingested_dataset" in {v.strip() for v in value.split(",")}
-
-
 @asset(
     deps=[raw_dataset],
     group_name="ingestion",
@@ -110,7 +105,7 @@ def ingested_dataset(
     )
     now = clock.now()
     decision, before = ingestion_decision(settings, previous, now)
-    if _forced(context):
+    if is_forced(context.run.tags, "ingested_dataset"):
         decision = Decision(True, f"forced by the {FORCE_TAG} tag")
     if not decision.run and previous_record is not None:
         cached, miss = artifacts.find("datasets", previous_record["dataset_key"])

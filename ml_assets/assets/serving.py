@@ -31,6 +31,7 @@ from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
 from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.store import ArtifactError, ArtifactStore
+from ml_assets.tags import DATASET_TAG
 
 SERVING_CODE_VERSION: Final = "1"
 
@@ -112,7 +113,7 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
 def _since_training_started(instance: DagsterInstance, dataset_key: str) -> dict[str, float]:
     """Seconds from the first training run on this dataset (the fan-out's start) until now."""
     first = instance.get_run_records(
-        RunsFilter(tags={"ml_assets/dataset": dataset_key}), limit=1, ascending=True
+        RunsFilter(tags={DATASET_TAG: dataset_key}), limit=1, ascending=True
     )
     if not first:
         return {}

@@ -27,10 +27,10 @@ from ml_assets.ml.models import CandidateError, library_versions, select_feature
 from ml_assets.partitions import candidates_partitions
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.store import Artifact, ArtifactStore
+from ml_assets.tags import is_forced
 
 # Bump when training or evaluation changes what a candidate config turns into.
 TRAINING_CODE_VERSION: Final = "1"
-FORCE_TAG: Final = "ml_assets/force"
 
 
 def model_memo_key(dataset_key: str, candidate: CandidateConfig, settings: Settings) -> str:
@@ -43,12 +43,6 @@ def model_memo_key(dataset_key: str, candidate: CandidateConfig, settings: Setti
         settings.training.seed,
         settings.serving.tag_threshold,
     )
-
-
-def is_forced(context: AssetExecutionContext, step: str) -> bool:
-    """True when the run carries `ml_assets/force` naming this step (or `all`)."""
-    value = context.run.tags.get(FORCE_TAG, "")
-    return value == "all" or step in {v.strip() for v in value.split(",")}
 
 
 def _train(
@@ -126,7 +120,7 @@ def trained_model(
 
     key = model_memo_key(dataset.key, candidate, cfg)
     cached, miss_reason = artifacts.find("models", key)
-    memoized = cached is not None and not is_forced(context, name)
+    memoized = cached is not None and not is_forced(context.run.tags, name)
     if memoized:
         assert cached is not None
         artifacts.touch("models", key)
