@@ -26,25 +26,31 @@ def _load() -> Settings:
         raise SystemExit(2) from None
 
 
-def _ingest_if_needed(settings: Settings, force: frozenset[str]) -> bool:
-    """Launch ingestion only when the memoization rules (or --force) say so."""
+def _ingestion_reason(settings: Settings, force: frozenset[str]) -> str | None:
+    """Why ingestion must run (the memoization rules, or --force), or None to skip it."""
     from dagster import AssetKey, DagsterInstance
 
     from ml_assets.assets.ingestion import ingestion_decision
     from ml_assets.lineage import latest_record
     from ml_assets.memo import IngestionState
     from ml_assets.resources import SettingsResource
-    from ml_assets.runner import run_job
 
     with DagsterInstance.get() as instance:
         record = latest_record(instance, AssetKey("ingested_dataset"))
     previous = None if record is None else IngestionState.from_metadata(record.metadata)
     decision, _ = ingestion_decision(SettingsResource(), previous, time.time())
-    forced = bool(force & {"all", "ingested_dataset"})
-    if not (decision.run or forced):
+    if force & {"all", "ingested_dataset"}:
+        return "forced"
+    if not decision.run:
         print(f"ingestion skipped: {decision.reason}")
-        return True
-    print(f"ingesting: {'forced' if forced else decision.reason}")
+        return None
+    return decision.reason
+
+
+def _ingest(reason: str, force: frozenset[str]) -> bool:
+    from ml_assets.runner import run_job
+
+    print(f"ingesting: {reason}")
     outcome = run_job("ingest_job", tags=_force_tags(force))
     if not outcome.success:
         print(f"ingestion failed (run {outcome.run_id}):\n{outcome.error}", file=sys.stderr)
@@ -88,8 +94,19 @@ def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
     return 0
 
 
-def _run_async(settings: Settings, timeout: float, started: float, started_wall: float) -> int:
-    """Let the daemon's sensors drive training and serving; wait until everything settled."""
+def _run_async(
+    settings: Settings,
+    timeout: float,
+    started: float,
+    started_wall: float,
+    ingest: str | None,
+    force: frozenset[str],
+) -> int:
+    """Let the daemon's sensors drive training and serving; wait until everything settled.
+
+    Ingestion (when `ingest` gives a reason) runs here while the daemon starts up: its sensors
+    wait for an ingestion in flight instead of launching a second one or training on the
+    dataset it replaces."""
     from pathlib import Path
 
     from dagster import AssetKey, DagsterInstance
@@ -98,7 +115,8 @@ def _run_async(settings: Settings, timeout: float, started: float, started_wall:
     from ml_assets.lineage import latest_record
     from ml_assets.planning import plan_training, serving_is_current
     from ml_assets.resources import ArtifactStoreResource
-    from ml_assets.runner import dagster_daemon, runs_in_progress
+    from ml_assets.runner import dagster_daemon
+    from ml_assets.runs import in_flight
 
     store = ArtifactStoreResource().get()
     home = default_home()
@@ -111,6 +129,8 @@ def _run_async(settings: Settings, timeout: float, started: float, started_wall:
         else:
             print(f"daemon started; sensors drive training and serving (log: {log})")
         before = latest_record(instance, AssetKey("aggregated_predictions"))
+        if ingest is not None and not _ingest(ingest, force):
+            return 1
         while time.perf_counter() - started < timeout:
             time.sleep(1.0)
             if daemon is not None and daemon.poll() is not None:
@@ -123,11 +143,15 @@ def _run_async(settings: Settings, timeout: float, started: float, started_wall:
                     f"first aggregated predictions after {first_prediction:.1f}s: "
                     f"{aggregated['models']}"
                 )
+            if in_flight(instance):
+                # The cheap question first: planning costs ~0.1 s of CPU that the training
+                # and serving runs need more while anything is queued or running.
+                settled_polls = 0
+                continue
             plan = plan_training(instance, settings, store)
             failed = _failed_since(instance, started_wall)
             pending = [c.name for c in plan.to_train if c.name not in failed]
-            busy = runs_in_progress(instance)
-            done = plan.dataset_key is not None and not pending and busy == 0
+            done = plan.dataset_key is not None and not pending
             settled_polls = settled_polls + 1 if done else 0
             current = settled_polls >= 2 and serving_is_current(instance, settings, store)
             if current or settled_polls >= 15:  # 15 s idle: nothing qualified to serve
@@ -174,25 +198,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ml_assets.partitions import sync_candidate_partitions
     from ml_assets.resources import ArtifactStoreResource
+    from ml_assets.runs import reap_dead_runs
     from ml_assets.status import collect_status, format_status
 
     started, started_wall = time.perf_counter(), time.time()
     force = frozenset(f.strip() for f in args.force.split(",") if f.strip())
     with DagsterInstance.get() as instance:
+        for run_id in reap_dead_runs(instance):
+            print(f"marked run {run_id[:8]} failed: the process executing it is gone")
         added, removed = sync_candidate_partitions(instance, [c.name for c in settings.candidates])
     if added or removed:
         print(f"candidates: +{added} -{removed}")
-    if not _ingest_if_needed(settings, force):
-        return 1
+    ingest = _ingestion_reason(settings, force)
     if args.mode == "sync":
+        if ingest is not None and not _ingest(ingest, force):
+            return 1
         code = _run_sync(settings, args.max_concurrent or settings.training.max_concurrent, force)
-    elif _up_to_date(settings):
+    elif ingest is None and _up_to_date(settings):
         print("every candidate and the serving outputs are up to date: nothing to launch")
         code = 0
     else:
         if force - {"ingested_dataset"}:
             print("note: --force applies to ingestion only in async mode; use --mode sync")
-        code = _run_async(settings, args.timeout, started, started_wall)
+        code = _run_async(settings, args.timeout, started, started_wall, ingest, force)
     with DagsterInstance.get() as instance:
         status = collect_status(instance, settings, ArtifactStoreResource().get())
     print()

@@ -74,6 +74,9 @@ class TrainingConfig(_Strict):
     seed: int = 0
     max_concurrent: int = Field(2, ge=1, le=16)
     threads_per_model: int = Field(1, ge=1, le=64)
+    # The OS niceness training processes run at (0: unchanged). Serving runs, the daemon and
+    # the UI then get the CPU first while long fits keep the cores busy.
+    niceness: int = Field(10, ge=0, le=19)
 
 
 class RetriesConfig(_Strict):

@@ -4,7 +4,6 @@ from dagster import (
     AssetKey,
     Config,
     DagsterInstance,
-    DagsterRunStatus,
     OpExecutionContext,
     Output,
     RunsFilter,
@@ -16,15 +15,9 @@ from ml_assets.artifacts import SELECTION_FILE, read_json
 from ml_assets.config import Settings
 from ml_assets.lineage import latest_record
 from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
+from ml_assets.runs import IN_PROGRESS_STATUSES, process_gone
 from ml_assets.store import ArtifactError, ArtifactStore, GcReport
 
-IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 _SERVING_KEYS = {
     "predictions": "predictions_key",
     "aggregated": "aggregated_key",
@@ -67,12 +60,15 @@ def protected_entries(
 
 
 def in_use_since(instance: DagsterInstance, own_run_id: str | None = None) -> float | None:
-    """Start of the oldest run in progress (other than ours): entries hit since then are in use."""
-    runs = instance.get_run_records(RunsFilter(statuses=IN_PROGRESS))
+    """Start of the oldest run in progress (other than ours): entries hit since then are in use.
+
+    A run whose process is gone (a killed `ml-assets run`) is not in progress, whatever its
+    status still says."""
+    runs = instance.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
     starts = [
         r.start_time or r.create_timestamp.timestamp()
         for r in runs
-        if r.dagster_run.run_id != own_run_id
+        if r.dagster_run.run_id != own_run_id and not process_gone(r.dagster_run.tags)
     ]
     return min(starts) if starts else None
 

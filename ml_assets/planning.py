@@ -29,34 +29,31 @@ def plan_training(
     store: ArtifactStore,
     force: frozenset[str] = frozenset(),
 ) -> TrainingPlan:
-    """Candidates whose current memo key has no intact, recorded model (or that are forced)."""
+    """Candidates whose current memo key has no complete, recorded model (or that are forced).
+
+    Completeness is checked by size, not hash (this runs on every sensor tick); the training
+    step verifies hashes before reusing a model and retrains one that fails them.
+    """
     dataset = latest_record(instance, AssetKey("ingested_dataset"))
+    dataset_key = None if dataset is None else dataset["dataset_key"]
     invalid: dict[str, str] = {}
-    valid: list[CandidateConfig] = []
+    to_train, up_to_date = [], []
     for candidate in settings.candidates:
+        if dataset_key is not None and not ("all" in force or candidate.name in force):
+            record = latest_record(instance, AssetKey("trained_model"), candidate.name)
+            key = model_memo_key(dataset_key, candidate, settings)
+            if record is not None and record["model_key"] == key and store.present("models", key):
+                # Trained from this very config (its hash is in the key): valid, and validating
+                # again would import the model's library for nothing.
+                up_to_date.append(candidate.name)
+                continue
         try:
             validate_candidate(candidate.name, candidate.model, candidate.params)
         except CandidateError as error:
             invalid[candidate.name] = str(error)
             continue
-        valid.append(candidate)
-    if dataset is None:
-        return TrainingPlan(valid, [], invalid, None)
-    to_train, up_to_date = [], []
-    for candidate in valid:
-        record = latest_record(instance, AssetKey("trained_model"), candidate.name)
-        key = model_memo_key(dataset["dataset_key"], candidate, settings)
-        forced = "all" in force or candidate.name in force
-        if (
-            not forced
-            and record is not None
-            and record["model_key"] == key
-            and store.find("models", key)[0]
-        ):
-            up_to_date.append(candidate.name)
-        else:
-            to_train.append(candidate)
-    return TrainingPlan(to_train, up_to_date, invalid, dataset["dataset_key"])
+        to_train.append(candidate)
+    return TrainingPlan(to_train, up_to_date, invalid, dataset_key)
 
 
 def serving_is_current(instance: DagsterInstance, settings: Settings, store: ArtifactStore) -> bool:

@@ -22,7 +22,6 @@ from typing import Protocol
 
 from dagster import (
     DagsterInstance,
-    DagsterRunStatus,
     JobDefinition,
     RunsFilter,
     execute_job,
@@ -30,6 +29,7 @@ from dagster import (
 )
 
 from ml_assets.config import default_home
+from ml_assets.runs import PROCESS_TAG, process_tag
 
 INSTANCE_CONFIG = "dagster.yaml"
 LAUNCH_TAG = "ml_assets/launch"  # finds the run of a process that died before reporting it
@@ -112,7 +112,7 @@ def run_job(
     job: str, partition: str | None = None, tags: Mapping[str, str] | None = None
 ) -> RunOutcome:
     """Execute one job run in this process, recorded on the instance at `$DAGSTER_HOME`."""
-    all_tags = dict(tags or {})
+    all_tags = {**(tags or {}), PROCESS_TAG: process_tag()}
     if partition is not None:
         all_tags["dagster/partition"] = partition
     with DagsterInstance.get() as instance:
@@ -215,19 +215,6 @@ def run_partitions(
         for future in [pool.submit(_drive) for _ in range(workers)]:
             future.result()
     return [outcomes[p] for p in partitions]
-
-
-IN_PROGRESS_STATUSES = (
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-)
-
-
-def runs_in_progress(instance: DagsterInstance) -> int:
-    return instance.get_runs_count(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
 
 
 def _workspace_file(home: Path, project_dir: Path) -> Path:

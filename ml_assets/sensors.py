@@ -23,6 +23,7 @@ from ml_assets.memo import IngestionState, dataset_config_hash
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
 from ml_assets.planning import plan_training, serving_is_current
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.runs import in_flight
 from ml_assets.tags import DATASET_TAG
 
 SENSOR_INTERVAL_SECONDS: Final = 2
@@ -64,6 +65,12 @@ def candidates_sensor(
         return SensorResult(
             dynamic_partitions_requests=partition_requests,
             skip_reason=None if partition_requests else "waiting for the first ingestion",
+        )
+    if plan.to_train and (ingesting := in_flight(instance, "ingest_job")):
+        # Training now would use the dataset that ingestion is about to replace.
+        return SensorResult(
+            dynamic_partitions_requests=partition_requests,
+            skip_reason=f"ingestion in progress (run {ingesting[0][:8]}); training waits for it",
         )
     runs = []
     for candidate in plan.to_train:
@@ -117,6 +124,9 @@ def dataset_sensor(
     state = None if record is None else IngestionState.from_metadata(record.metadata)
     if state is not None and state.config_hash == config_hash:
         return SkipReason("dataset settings unchanged since the last ingestion")
+    if ingesting := in_flight(context.instance, "ingest_job"):
+        # `ml-assets run` or the refresh schedule is ingesting; look again when it is done.
+        return SkipReason(f"ingestion already in progress (run {ingesting[0][:8]})")
     return RunRequest(run_key=f"ingest:{config_hash}")
 
 
@@ -152,11 +162,16 @@ def model_landed_sensor(
         )
     waiting = context.instance.get_runs_count(
         RunsFilter(
-            job_name="serve_job", statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+            job_name="serve_job",
+            statuses=[
+                DagsterRunStatus.QUEUED,
+                DagsterRunStatus.NOT_STARTED,
+                DagsterRunStatus.STARTING,
+            ],
         )
     )
     if waiting:
-        # A serving run that has not started yet selects from everything landed by then.
+        # A serving run whose steps have not begun selects from everything landed by then.
         return SensorResult(
             cursor=str(newest), skip_reason=f"{landed} landed; a queued serving run will take them"
         )

@@ -174,6 +174,18 @@ class ArtifactStore:
 
     def verify(self, kind: str, key: str, digest: str | None = None) -> Artifact:
         """The artifact, after checking every file against its manifest (and `digest`)."""
+        return self._inspect(kind, key, digest, hash_files=True)
+
+    def present(self, kind: str, key: str) -> bool:
+        """Complete on disk: a valid manifest and every file at its recorded size. No hashing,
+        so planning can ask every few seconds; use `verify` before reading the files."""
+        try:
+            self._inspect(kind, key, None, hash_files=False)
+        except ArtifactError:
+            return False
+        return True
+
+    def _inspect(self, kind: str, key: str, digest: str | None, *, hash_files: bool) -> Artifact:
         path = self.path(kind, key)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -189,13 +201,16 @@ class ArtifactStore:
             manifest = json.loads(raw)
         except json.JSONDecodeError:
             raise ArtifactError(f"{kind}/{key}: manifest is not valid JSON") from None
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            raise ArtifactError(f"{kind}/{key}: manifest lists no files")
         total = 0
-        for name, info in manifest["files"].items():
+        for name, info in files.items():
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{kind}/{key}: file {name} is missing")
             size = file.stat().st_size
-            if size != info["bytes"] or file_sha256(file) != info["sha256"]:
+            if size != info["bytes"] or (hash_files and file_sha256(file) != info["sha256"]):
                 raise ArtifactError(
                     f"{kind}/{key}: file {name} fails its SHA-256 check (truncated or altered)"
                 )

@@ -224,6 +224,10 @@ def test_sigkill_mid_fit_leaves_no_partial_artifact_and_the_next_run_retrains(
 
         rerun = run_cli(["run", "--mode", "sync"], home, project.config_path)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        # Its process is gone: the next run marks it failed instead of leaving it "started".
+        assert f"marked run {run_id[:8]} failed" in rerun.stdout
+        killed = instance.get_run_by_id(run_id)
+        assert killed is not None and killed.status == DagsterRunStatus.FAILURE
         retrained = _record(instance, "trained_model", "slow_trees")
         assert retrained["memoized"] is False and retrained["produced_by_run"] != run_id
         project.store.verify("models", retrained["model_key"], retrained["digest"])

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,8 @@ from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
     AssetRecordsFilter,
+    DagsterRun,
+    DagsterRunStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
     SensorResult,
@@ -24,6 +30,7 @@ from ml_assets.lineage import latest_record
 from ml_assets.ml.datasets import load_digits_frame
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
 from ml_assets.planning import TrainingPlan, plan_training
+from ml_assets.runs import PROCESS_TAG, process_tag
 from ml_assets.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
 from ml_assets_tests.conftest import Project
 
@@ -331,3 +338,84 @@ def test_data_change_replans_every_candidate(small: Project) -> None:
     plan = _plan(small)
     assert sorted(c.name for c in plan.to_train) == NAMES
     assert plan.up_to_date == []
+
+
+def test_plan_does_not_revalidate_up_to_date_candidates(
+    small: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model recorded under the current config hash proves the config valid; validating it
+    again would import its library on every sensor tick."""
+    _ingest(small)
+    _train_all(small)
+    checked: list[str] = []
+    monkeypatch.setattr(
+        "ml_assets.planning.validate_candidate", lambda name, *_: checked.append(name)
+    )
+    assert _plan(small).to_train == []
+    assert checked == []
+    _set_params(small, "knn", {"n_neighbors": 5})
+    assert [c.name for c in _plan(small).to_train] == ["knn"]
+    assert checked == ["knn"]
+
+
+# --- runs in flight ---------------------------------------------------------------------------
+
+
+def _add_run(
+    project: Project, job: str, status: DagsterRunStatus, tags: dict[str, str] | None = None
+) -> str:
+    run = DagsterRun(job_name=job, run_id=str(uuid.uuid4()), status=status, tags=tags or {})
+    project.instance.add_run(run)
+    return run.run_id
+
+
+def _dataset_tick(project: Project) -> RunRequest | SkipReason:
+    context = build_sensor_context(instance=project.instance, resources=project.resources())
+    result = dataset_sensor(context)
+    assert isinstance(result, RunRequest | SkipReason)
+    return result
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_dataset_sensor_waits_while_an_ingestion_is_in_flight(small: Project) -> None:
+    alive = {PROCESS_TAG: process_tag()}
+    run_id = _add_run(small, "ingest_job", DagsterRunStatus.STARTED, alive)
+    waiting = _dataset_tick(small)
+    assert isinstance(waiting, SkipReason)
+    assert f"in progress (run {run_id[:8]})" in _skip_message(waiting)
+
+    # The same run, but its process is gone (a killed `ml-assets run`): not in flight.
+    small.instance.delete_run(run_id)
+    _add_run(
+        small,
+        "ingest_job",
+        DagsterRunStatus.STARTED,
+        {PROCESS_TAG: f"{socket.gethostname()}:{_dead_pid()}"},
+    )
+    assert isinstance(_dataset_tick(small), RunRequest)
+
+
+def test_candidates_sensor_holds_training_while_ingesting(small: Project) -> None:
+    _ingest(small)
+    run_id = _add_run(small, "ingest_job", DagsterRunStatus.NOT_STARTED)
+    held = _result(small, candidates_sensor)
+    assert held.run_requests == []
+    assert _added(held) == NAMES  # partitions still follow the config
+    assert "ingestion in progress" in _skip_message(held)
+    small.instance.delete_run(run_id)
+    assert _requested(_result(small, candidates_sensor)) == NAMES
+
+
+def test_model_landed_leaves_new_models_to_a_starting_serving_run(small: Project) -> None:
+    _ingest(small)
+    _train_all(small)
+    _add_run(small, "serve_job", DagsterRunStatus.STARTING)
+    result = _result(small, model_landed_sensor)
+    assert not result.run_requests
+    assert "a queued serving run will take them" in _skip_message(result)
+    assert result.cursor == str(_newest_model_storage_id(small))

@@ -120,6 +120,32 @@ def test_damaged_artifact_detected(
     assert expected in reason
 
 
+@pytest.mark.parametrize(
+    ("damage", "present"),
+    [
+        (_damage_truncate, False),
+        (_damage_alter, True),  # same size: only `verify`'s hash finds it
+        (_damage_delete, False),
+        (_damage_manifest, False),
+    ],
+)
+def test_present_checks_completeness_without_hashing(
+    store: ArtifactStore, damage: Callable[[Path], None], present: bool
+) -> None:
+    artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
+    assert store.present("models", "k1")
+    damage(artifact.path)
+    assert store.present("models", "k1") is present
+    assert not store.present("models", "never-written")
+
+
+def test_manifest_without_files_is_refused(store: ArtifactStore) -> None:
+    artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
+    (artifact.path / MANIFEST).write_text('{"version": 1}')
+    with pytest.raises(ArtifactError, match="manifest lists no files"):
+        store.verify("models", "k1")
+
+
 def test_missing_artifact_is_a_miss(store: ArtifactStore) -> None:
     found, reason = store.find("datasets", "never-written")
     assert found is None

@@ -351,4 +351,8 @@ def content_hash(parts: dict[str, Dataset]) -> str:
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    """Write `frame` as Parquet. Dictionary encoding only for the non-float columns: on dense
+    float features it makes the file ~40% larger and the write ~5× slower (20k × 1,152)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+    pq.write_table(table, path, use_dictionary=dictionary)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from ml_assets.ml.datasets import Task
 
@@ -41,6 +40,8 @@ class Scores:
 
 
 def evaluate(truth: np.ndarray, scores: np.ndarray, task: Task, threshold: float) -> Scores:
+    from sklearn.metrics import f1_score  # imported here: see ml_assets/ml/models.py
+
     tags = predicted_tags(scores, task, threshold)
     if task == "multiclass":
         f1 = f1_score(truth.argmax(axis=1), tags.argmax(axis=1), average="macro", zero_division=0)

@@ -258,6 +258,28 @@ def test_frame_round_trip(digits: Dataset) -> None:
     pd.testing.assert_frame_equal(back.X, part.X)
 
 
+def test_parquet_round_trip_without_dictionaries_for_floats(
+    digits: Dataset, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    part = digits.take(np.arange(50))
+    path = tmp_path / "part.parquet"
+    write_parquet(part.to_frame(), path)
+    back = Dataset.from_frame(pd.read_parquet(path), part.task, part.entities)
+    np.testing.assert_array_equal(back.Y, part.Y)
+    np.testing.assert_array_equal(back.ids, part.ids)
+    pd.testing.assert_frame_equal(back.X, part.X)
+    metadata = pq.ParquetFile(path).metadata
+    group = metadata.row_group(0)
+    encodings = {
+        metadata.schema.column(i).name: group.column(i).encodings for i in range(group.num_columns)
+    }
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    assert not dictionary & set(encodings[part.features[0]])  # dense floats: plain
+    assert dictionary & set(encodings["__id"])  # strings keep their dictionary
+
+
 # --- splitting ---------------------------------------------------------------------------
 
 
