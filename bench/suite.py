@@ -627,9 +627,16 @@ def _time_sensor_ticks(run: SyncRun) -> float:
     with open_instance(run.home) as instance:
         for _ in range(5):
             started = time.perf_counter()
-            for sensor in (candidates_sensor, dataset_sensor, model_landed_sensor):
+            results = [
                 sensor(build_sensor_context(instance=instance, resources=resources))
+                for sensor in (candidates_sensor, dataset_sensor, model_landed_sensor)
+            ]
             times.append(time.perf_counter() - started)
+            # A finished home: each sensor must have planned and found nothing to do (a wrong
+            # path would instead skip early with "config invalid" and look cheap).
+            text = " ".join(str(r) for r in results)
+            if "config invalid" in text or "RunRequest(" in text:
+                raise BenchError(f"{run.home}: unexpected sensor results: {text[:300]}")
     return median(times[1:])  # the first pays one-off imports
 
 

@@ -44,9 +44,10 @@ VIDEO_CANDIDATES: Final[list[dict[str, Any]]] = [
     },
 ]
 # Benchmark d: one candidate about ten times slower than the rest. On the medium videos the
-# five others fit in 4–6 s each (2 cores, one thread per model); the deep forest over all
-# 1,152 features takes ~50 s. It is listed first, so it starts at once and lands as early as it
-# can: the worst case for "first predictions / slow model landed".
+# five others fit in 2–7 s each alone (one thread per model); the deep forest over all 1,152
+# features takes ~50 s (the bench reports the measured factor). It is listed first, so it
+# starts at once and lands as early as it can: the worst case for "first predictions / slow
+# model landed".
 SLOW_CANDIDATE: Final = "slow_forest"
 ASYNC_CANDIDATES: Final[list[dict[str, Any]]] = [
     {

@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 from ml_assets.config import ConfigError, Settings, load_settings
@@ -107,9 +108,10 @@ def _run_async(
     Ingestion (when `ingest` gives a reason) runs here while the daemon starts up: its sensors
     wait for an ingestion in flight instead of launching a second one or training on the
     dataset it replaces."""
+    from datetime import datetime
     from pathlib import Path
 
-    from dagster import AssetKey, DagsterInstance
+    from dagster import AssetKey, DagsterInstance, RunsFilter
 
     from ml_assets.config import default_home
     from ml_assets.lineage import latest_record
@@ -123,18 +125,31 @@ def _run_async(
     log = home / "daemon.log"
     first_prediction: float | None = None
     settled_polls = 0
-    with dagster_daemon(home, Path.cwd(), log) as daemon, DagsterInstance.get() as instance:
+    since = datetime.fromtimestamp(started_wall, tz=UTC)
+
+    def ingestion_recorded() -> bool:
+        # The daemon starts once our ingestion run is on the instance, so its sensors see it
+        # in flight (and neither launch a second one nor train on the dataset it replaces).
+        return probe.get_runs_count(RunsFilter(job_name="ingest_job", created_after=since)) > 0
+
+    with (
+        DagsterInstance.get() as probe,
+        dagster_daemon(
+            home, Path.cwd(), log, start_when=None if ingest is None else ingestion_recorded
+        ) as daemon,
+        DagsterInstance.get() as instance,
+    ):
         if daemon is None:
             print("a daemon is already running on this instance (make dev?); using it")
         else:
-            print(f"daemon started; sensors drive training and serving (log: {log})")
+            print(f"daemon starting; sensors drive training and serving (log: {log})")
         before = latest_record(instance, AssetKey("aggregated_predictions"))
         if ingest is not None and not _ingest(ingest, force):
             return 1
         while time.perf_counter() - started < timeout:
             time.sleep(1.0)
-            if daemon is not None and daemon.poll() is not None:
-                print(f"error: the daemon exited ({daemon.returncode}); see {log}", file=sys.stderr)
+            if daemon is not None and (code := daemon.exit_code()) is not None:
+                print(f"error: the daemon exited ({code}); see {log}", file=sys.stderr)
                 return 1
             aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
             if first_prediction is None and aggregated is not None and aggregated != before:

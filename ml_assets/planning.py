@@ -29,10 +29,10 @@ def plan_training(
     store: ArtifactStore,
     force: frozenset[str] = frozenset(),
 ) -> TrainingPlan:
-    """Candidates whose current memo key has no complete, recorded model (or that are forced).
+    """Candidates whose current memo key has no intact, recorded model (or that are forced).
 
-    Completeness is checked by size, not hash (this runs on every sensor tick); the training
-    step verifies hashes before reusing a model and retrains one that fails them.
+    This runs on every sensor tick: `ArtifactStore.present` hashes a model only the first time
+    this process sees it (or after its files changed).
     """
     dataset = latest_record(instance, AssetKey("ingested_dataset"))
     dataset_key = None if dataset is None else dataset["dataset_key"]
@@ -42,7 +42,11 @@ def plan_training(
         if dataset_key is not None and not ("all" in force or candidate.name in force):
             record = latest_record(instance, AssetKey("trained_model"), candidate.name)
             key = model_memo_key(dataset_key, candidate, settings)
-            if record is not None and record["model_key"] == key and store.present("models", key):
+            if (
+                record is not None
+                and record["model_key"] == key
+                and store.present("models", key, record["digest"])
+            ):
                 # Trained from this very config (its hash is in the key): valid, and validating
                 # again would import the model's library for nothing.
                 up_to_date.append(candidate.name)

@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from dagster import ConfigurableResource, Failure
+from dagster import ConfigurableResource, Failure, InitResourceContext
 
 from ml_assets.config import (
     ConfigError,
@@ -12,6 +12,7 @@ from ml_assets.config import (
     default_home,
     load_settings,
 )
+from ml_assets.runs import PROCESS_TAG, process_tag
 from ml_assets.store import ArtifactStore
 
 
@@ -39,6 +40,16 @@ class ArtifactStoreResource(ConfigurableResource):
     """The content-addressed store under `<home>/store` (home: `$ML_ASSETS_HOME` or .ml_assets)."""
 
     root: str | None = None
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Record which process executes this run (every job's steps use the store), so a run
+        whose process is killed is not waited on forever: see `ml_assets/runs.py`."""
+        run, instance = context.run, context.instance
+        if run is None or instance is None:  # a sensor evaluation, not a run
+            return
+        tag = process_tag()
+        if run.tags.get(PROCESS_TAG) != tag:
+            instance.add_run_tags(run.run_id, {PROCESS_TAG: tag})
 
     def get(self) -> ArtifactStore:
         return ArtifactStore(Path(self.root) if self.root else default_home() / "store")

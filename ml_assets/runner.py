@@ -236,11 +236,59 @@ def daemon_running(instance: DagsterInstance, within_seconds: float = 30.0) -> b
     return heartbeat is not None and time.time() - heartbeat.timestamp < within_seconds
 
 
+class Daemon:
+    """A `dagster-daemon run` child process in its own session, started at most once."""
+
+    def __init__(self, command: list[str], cwd: Path, log: Path) -> None:
+        self._command, self._cwd, self._log = command, cwd, log
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self.process is not None or self._stopped:
+                return
+            with self._log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    self._command,
+                    cwd=self._cwd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+    def exit_code(self) -> int | None:
+        """The exit code once the daemon has exited; None while it runs or before it starts."""
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @contextmanager
 def dagster_daemon(
-    home: Path, project_dir: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Run `dagster-daemon` over `$DAGSTER_HOME` for the block (None: one is already running)."""
+    home: Path,
+    project_dir: Path,
+    log: Path,
+    start_when: Callable[[], bool] | None = None,
+    start_timeout: float = 60.0,
+) -> Iterator[Daemon | None]:
+    """Run `dagster-daemon` over `$DAGSTER_HOME` for the block (None: one is already running).
+
+    With `start_when`, a thread starts it once that holds (or after `start_timeout`), so the
+    caller can first put something on the instance its sensors must see (an ingestion run).
+    """
     with DagsterInstance.get() as instance:
         if daemon_running(instance):
             yield None
@@ -250,21 +298,27 @@ def dagster_daemon(
         [str(executable)] if executable.exists() else [sys.executable, "-m", "dagster", "daemon"]
     )
     workspace = _workspace_file(home, project_dir)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [*command, "run", "-w", str(workspace)],
-            cwd=project_dir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    daemon = Daemon([*command, "run", "-w", str(workspace)], project_dir, log)
+    leaving = threading.Event()
+
+    def _start_when_ready() -> None:
+        deadline = time.monotonic() + start_timeout
+        while start_when is not None and not start_when() and time.monotonic() < deadline:
+            if leaving.wait(0.1):
+                return
+        if not leaving.is_set():
+            daemon.start()
+
+    waiter = None
+    if start_when is None:
+        daemon.start()
+    else:
+        waiter = threading.Thread(target=_start_when_ready, name="start-daemon", daemon=True)
+        waiter.start()
     try:
-        yield process
+        yield daemon
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        leaving.set()
+        if waiter is not None:
+            waiter.join()
+        daemon.stop()

@@ -32,6 +32,24 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete or fails its hash; the message says which and why."""
 
 
+# (artifact directory, digest) → the stat signature of its files when this process verified it.
+_VERIFIED: dict[tuple[str, str | None], tuple[tuple[str, int, int, int], ...]] = {}
+
+
+def _manifest_files(kind: str, key: str, raw: bytes) -> dict[str, tuple[str, int]]:
+    """name → (sha256, bytes) from a manifest; anything malformed is an `ArtifactError`."""
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        return {
+            str(name): (str(info["sha256"]), int(info["bytes"])) for name, info in files.items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ArtifactError(
+            f"{kind}/{key}: manifest is malformed (not the JSON this store writes)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Artifact:
     kind: str
@@ -156,7 +174,15 @@ class ArtifactStore:
                 else:
                     self.touch(kind, key)
                     return existing
-            os.rename(staging, final)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not final.exists():
+                    raise
+                # Another writer of the same key got there first: same key, same content.
+                existing = self.verify(kind, key)
+                self.touch(kind, key)
+                return existing
             _fsync_dir(final.parent)
         finally:
             if staging.exists():
@@ -174,18 +200,6 @@ class ArtifactStore:
 
     def verify(self, kind: str, key: str, digest: str | None = None) -> Artifact:
         """The artifact, after checking every file against its manifest (and `digest`)."""
-        return self._inspect(kind, key, digest, hash_files=True)
-
-    def present(self, kind: str, key: str) -> bool:
-        """Complete on disk: a valid manifest and every file at its recorded size. No hashing,
-        so planning can ask every few seconds; use `verify` before reading the files."""
-        try:
-            self._inspect(kind, key, None, hash_files=False)
-        except ArtifactError:
-            return False
-        return True
-
-    def _inspect(self, kind: str, key: str, digest: str | None, *, hash_files: bool) -> Artifact:
         path = self.path(kind, key)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -197,25 +211,46 @@ class ArtifactStore:
                 f"{kind}/{key}: manifest hash {actual[:12]}… does not match the recorded "
                 f"{digest[:12]}…; refusing to use it"
             )
-        try:
-            manifest = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ArtifactError(f"{kind}/{key}: manifest is not valid JSON") from None
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict):
-            raise ArtifactError(f"{kind}/{key}: manifest lists no files")
         total = 0
-        for name, info in files.items():
+        for name, (sha256, size) in _manifest_files(kind, key, raw).items():
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{kind}/{key}: file {name} is missing")
-            size = file.stat().st_size
-            if size != info["bytes"] or (hash_files and file_sha256(file) != info["sha256"]):
+            if file.stat().st_size != size or file_sha256(file) != sha256:
                 raise ArtifactError(
                     f"{kind}/{key}: file {name} fails its SHA-256 check (truncated or altered)"
                 )
             total += size
         return Artifact(kind, key, path, actual, total)
+
+    def present(self, kind: str, key: str, digest: str | None = None) -> bool:
+        """True when `verify` would pass, hashing only what this process has not yet verified
+        as it is: planning asks on every sensor tick, and a model can be hundreds of MB.
+
+        An artifact verified before is re-hashed only when one of its files changed size, mtime
+        or inode; a same-size rewrite that also restores the mtime goes unnoticed here (the step
+        that reads the artifact still verifies it).
+        """
+        path = self.path(kind, key)
+        try:
+            signature = tuple(
+                sorted(
+                    (p.name, s.st_size, s.st_mtime_ns, s.st_ino)
+                    for p in path.iterdir()
+                    for s in [p.stat()]
+                )
+            )
+        except OSError:
+            return False
+        remembered = (str(path), digest)
+        if _VERIFIED.get(remembered) == signature:
+            return True
+        try:
+            self.verify(kind, key, digest)
+        except ArtifactError:
+            return False
+        _VERIFIED[remembered] = signature
+        return True
 
     def find(self, kind: str, key: str) -> tuple[Artifact | None, str | None]:
         """An intact cached artifact, or None and the reason it is a miss."""

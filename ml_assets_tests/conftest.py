@@ -99,7 +99,12 @@ def project(tmp_path: Path, instance: DagsterInstance) -> Project:
     project = Project(
         root=tmp_path,
         instance=instance,
-        config={"dataset": {"source": "sklearn_digits"}, "candidates": list(FAST_CANDIDATES)},
+        config={
+            "dataset": {"source": "sklearn_digits"},
+            # In-process training would otherwise renice the test process for good.
+            "training": {"niceness": 0},
+            "candidates": list(FAST_CANDIDATES),
+        },
     )
     project.write_config()
     return project

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -391,12 +390,7 @@ def test_dataset_sensor_waits_while_an_ingestion_is_in_flight(small: Project) ->
 
     # The same run, but its process is gone (a killed `ml-assets run`): not in flight.
     small.instance.delete_run(run_id)
-    _add_run(
-        small,
-        "ingest_job",
-        DagsterRunStatus.STARTED,
-        {PROCESS_TAG: f"{socket.gethostname()}:{_dead_pid()}"},
-    )
+    _add_run(small, "ingest_job", DagsterRunStatus.STARTED, {PROCESS_TAG: process_tag(_dead_pid())})
     assert isinstance(_dataset_tick(small), RunRequest)
 
 

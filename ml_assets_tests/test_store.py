@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import ml_assets.store
 from ml_assets.store import MANIFEST, ArtifactError, ArtifactStore, file_sha256
 
 DAY = 86_400.0
@@ -121,29 +123,73 @@ def test_damaged_artifact_detected(
 
 
 @pytest.mark.parametrize(
-    ("damage", "present"),
-    [
-        (_damage_truncate, False),
-        (_damage_alter, True),  # same size: only `verify`'s hash finds it
-        (_damage_delete, False),
-        (_damage_manifest, False),
-    ],
+    "damage", [_damage_truncate, _damage_alter, _damage_delete, _damage_manifest]
 )
-def test_present_checks_completeness_without_hashing(
-    store: ArtifactStore, damage: Callable[[Path], None], present: bool
+def test_present_notices_damage_after_a_cached_check(
+    store: ArtifactStore, damage: Callable[[Path], None]
 ) -> None:
     artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
     assert store.present("models", "k1")
+    assert store.present("models", "k1", artifact.digest)
+    assert not store.present("models", "k1", "0" * 64)
     damage(artifact.path)
-    assert store.present("models", "k1") is present
+    for path in artifact.path.iterdir():  # a rewrite moves the mtime, even on coarse clocks
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert not store.present("models", "k1")
     assert not store.present("models", "never-written")
 
 
-def test_manifest_without_files_is_refused(store: ArtifactStore) -> None:
+def test_present_hashes_an_unchanged_artifact_once(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("models", "k1", _writer({"a.txt": b"hello", "b.txt": b"world"}))
+    hashed: list[str] = []
+    real = ml_assets.store.file_sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(ml_assets.store, "file_sha256", counting)
+    other_object = ArtifactStore(store.root)  # the cache is per process, not per object
+    assert store.present("models", "k1") and other_object.present("models", "k1")
+    assert sorted(hashed) == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"version": 1}', "[]", '{"files": {"a.txt": "x"}}', '{"files": {"a.txt": {}}}'],
+)
+def test_malformed_manifest_is_refused(store: ArtifactStore, manifest: str) -> None:
     artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
-    (artifact.path / MANIFEST).write_text('{"version": 1}')
-    with pytest.raises(ArtifactError, match="manifest lists no files"):
+    (artifact.path / MANIFEST).write_text(manifest)
+    with pytest.raises(ArtifactError, match="manifest is malformed"):
         store.verify("models", "k1")
+    assert not store.present("models", "k1")
+
+
+def test_concurrent_writers_of_one_key_both_succeed(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs writing the same key at once: the second rename finds the first's artifact
+    (same key, same content) and returns it instead of failing."""
+    real_rename = os.rename
+    raced: list[str] = []
+
+    def rename_after_a_rival(source: str | Path, target: str | Path) -> None:
+        if not raced and Path(target).name == "k1":
+            raced.append("rival")
+            monkeypatch.setattr(ml_assets.store.os, "rename", real_rename)
+            store.put("models", "k1", _writer({"a.txt": b"hello"}))  # lands first
+        real_rename(source, target)
+
+    monkeypatch.setattr(ml_assets.store.os, "rename", rename_after_a_rival)
+    artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
+    assert raced == ["rival"]
+    assert artifact.file("a.txt").read_bytes() == b"hello"
+    assert store.verify("models", "k1") == artifact
+    assert _visible(store, "models") == ["k1", "k1.entry.json"]
 
 
 def test_missing_artifact_is_a_miss(store: ArtifactStore) -> None:

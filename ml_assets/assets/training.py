@@ -48,11 +48,23 @@ def model_memo_key(dataset_key: str, candidate: CandidateConfig, settings: Setti
 
 def lower_priority(niceness: int) -> None:
     """Run this process at OS niceness `niceness` or lower priority; never raises priority back
-    (an unprivileged process cannot) and never stacks (`os.nice` is relative)."""
+    (an unprivileged process cannot) and never stacks (`os.nice` is relative).
+
+    Linux sets niceness per thread, so every thread of the process is lowered, including the
+    BLAS and OpenMP pools started at import; threads started later inherit it.
+    """
     if niceness <= 0 or not hasattr(os, "getpriority"):
         return
-    if os.getpriority(os.PRIO_PROCESS, 0) < niceness:
-        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the process as a whole
+        threads = [0]
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except OSError:  # the thread ended meanwhile
+            continue
 
 
 def _train(

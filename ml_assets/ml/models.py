@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import json
 import time
@@ -80,7 +81,12 @@ def library_versions() -> dict[str, str]:
 
     Read from the installed distributions' metadata, so computing a memo key imports neither.
     """
-    return {"lightgbm": version("lightgbm"), "scikit-learn": version("scikit-learn")}
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    return (("lightgbm", version("lightgbm")), ("scikit-learn", version("scikit-learn")))
 
 
 @dataclass
@@ -247,7 +253,8 @@ def train_candidate(
     )
     started = time.perf_counter()
     # BLAS/OpenMP pools default to every core; with several candidates training at once that
-    # oversubscribes the machine, so each fit gets exactly `threads`.
+    # oversubscribes the machine, so each fit gets exactly `threads`. threadpoolctl caps only
+    # the libraries already loaded: the model's library was imported just above.
     with threadpool_limits(limits=threads):
         if pipeline is None:
             trained = _train_lightgbm(
