@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from dagster import DagsterInstance, Definitions, instance_for_test
@@ -29,6 +31,16 @@ FAST_CANDIDATES: list[dict[str, Any]] = [
     {"name": "extra_trees", "model": "extra_trees", "params": {"n_estimators": 50}},
     {"name": "stump", "model": "decision_tree", "params": {"max_depth": 2}},
 ]
+
+
+def write_csv_source(path: Path, rows: int, seed: int = 0) -> Path:
+    """A small 3-class CSV (4 separable features, `label`): a source that tests can change."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % 3
+    frame = pd.DataFrame(rng.normal(size=(rows, 4)) + labels[:, None], columns=list("abcd"))
+    frame["label"] = labels
+    frame.to_csv(path, index=False)
+    return path
 
 
 @dataclass

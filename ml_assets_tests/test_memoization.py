@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from dagster import AssetKey
 
 from ml_assets.config import load_settings
@@ -14,7 +12,7 @@ from ml_assets.gc import collect
 from ml_assets.lineage import Record, latest_record
 from ml_assets.planning import plan_training
 from ml_assets.store import ArtifactStore
-from ml_assets_tests.conftest import Project
+from ml_assets_tests.conftest import Project, write_csv_source
 
 DAY = 86_400.0
 T0 = 1_800_000_000.0
@@ -26,17 +24,8 @@ def _record(project: Project, key: str, partition: str | None = None) -> Record:
     return record
 
 
-def _csv_source(path: Path, rows: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(rows) % 3
-    frame = pd.DataFrame(rng.normal(size=(rows, 4)) + labels[:, None], columns=list("abcd"))
-    frame["label"] = labels
-    frame.to_csv(path, index=False)
-    return path
-
-
 def _small_csv_project(project: Project, rows: int = 300) -> Path:
-    source = _csv_source(project.root / "data.csv", rows)
+    source = write_csv_source(project.root / "data.csv", rows)
     project.write_config(
         dataset={"source": "data.csv"},
         selection={"min_score": 0.5},
@@ -71,11 +60,11 @@ def test_ingestion_reruns_on_significant_row_change_only(project: Project) -> No
     source = _small_csv_project(project, rows=300)
     project.now = T0
     assert project.run("ingest_job").success
-    _csv_source(source, rows=315)  # +5 %: below min_row_change, but the content changed
+    write_csv_source(source, rows=315)  # +5 %: below min_row_change, but the content changed
     project.write_config(memoization={"content_change": "significant"})
     assert project.run("ingest_job").success
     assert _record(project, "ingested_dataset")["memoized"] is True
-    _csv_source(source, rows=360)  # +20 %
+    write_csv_source(source, rows=360)  # +20 %
     assert project.run("ingest_job").success
     record = _record(project, "ingested_dataset")
     assert record["memoized"] is False and "record count 300 → 360" in record["reason"]
@@ -85,7 +74,7 @@ def test_content_change_with_same_count_reruns_by_default(project: Project) -> N
     source = _small_csv_project(project)
     assert project.run("ingest_job").success
     before = _record(project, "ingested_dataset")
-    _csv_source(source, rows=300, seed=1)
+    write_csv_source(source, rows=300, seed=1)
     assert project.run("ingest_job").success
     after = _record(project, "ingested_dataset")
     assert after["memoized"] is False and after["reason"] == "source content changed"
@@ -128,7 +117,7 @@ def test_data_change_retrains_every_candidate(project: Project) -> None:
     source = _small_csv_project(project)
     assert project.run("ingest_job").success
     project.train_all()
-    _csv_source(source, rows=300, seed=7)
+    write_csv_source(source, rows=300, seed=7)
     assert project.run("ingest_job").success
     plan = plan_training(project.instance, load_settings(project.config_path), project.store)
     assert sorted(c.name for c in plan.to_train) == ["lr", "nb"]

@@ -42,7 +42,7 @@ from ml_assets.memo import fingerprint_source
 from ml_assets.planning import plan_training
 from ml_assets.runner import failure_text
 from ml_assets.store import MANIFEST, ArtifactError, ArtifactStore
-from ml_assets_tests.conftest import Project
+from ml_assets_tests.conftest import Project, write_csv_source
 from ml_assets_tests.faults import (
     REPO,
     assert_every_visible_artifact_verifies,
@@ -75,18 +75,9 @@ RECORDED = [
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _csv(path: Path, rows: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(rows) % 3
-    frame = pd.DataFrame(rng.normal(size=(rows, 4)) + labels[:, None], columns=list("abcd"))
-    frame["label"] = labels
-    frame.to_csv(path, index=False)
-    return path
-
-
 def _small(project: Project, *, retries: int = 0, **changes: Any) -> Path:
     """Three quick candidates on a 300-row CSV (bar 0.5, top 2); retries without delay."""
-    source = _csv(project.root / "data.csv", 300)
+    source = write_csv_source(project.root / "data.csv", 300)
     project.write_config(
         dataset={"source": "data.csv"},
         selection={"top_k": 2, "min_score": 0.5},
@@ -589,7 +580,7 @@ def test_training_runs_at_the_configured_concurrency_never_lock_the_database(
 ) -> None:
     home = tmp_path / "home"
     config = tmp_path / "ml_assets.yaml"
-    _csv(tmp_path / "data.csv", 300)
+    write_csv_source(tmp_path / "data.csv", 300)
     candidates = [
         *FAST,
         {"name": "nb_smooth", "model": "gaussian_nb", "params": {"var_smoothing": 1e-6}},
@@ -636,7 +627,7 @@ def _change_source_during_first_read(monkeypatch: pytest.MonkeyPatch, source: Pa
         frame = real_read(*args, **kwargs)
         reads.append(len(frame))
         if len(reads) == 1:
-            _csv(source, 330, seed=1)
+            write_csv_source(source, 330, seed=1)
         return frame
 
     monkeypatch.setattr(ingestion, "read_source", read)
@@ -649,7 +640,7 @@ def test_source_changed_during_ingestion_fails_clearly_and_keeps_the_previous_da
     source = _small(project, retries=0)
     assert project.run("ingest_job").success
     before = _record(project.instance, "ingested_dataset")
-    _csv(source, 300, seed=2)  # a real change, so ingestion runs again
+    write_csv_source(source, 300, seed=2)  # a real change, so ingestion runs again
     reads = _change_source_during_first_read(monkeypatch, source)
     result = project.run("ingest_job")
     assert not result.success and reads == [300]
@@ -746,7 +737,7 @@ def _directory(root: Path) -> str:
 
 def _dir_matched_by_glob(root: Path) -> str:
     (root / "parts").mkdir()
-    _csv(root / "parts" / "a.csv", 30)
+    write_csv_source(root / "parts" / "a.csv", 30)
     (root / "parts" / "b.csv").mkdir()
     return "parts/*.csv"
 
