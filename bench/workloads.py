@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,29 +44,92 @@ VIDEO_CANDIDATES: Final[list[dict[str, Any]]] = [
         "features": ["mean_audio_*"],
     },
 ]
-# Benchmark d: one candidate about ten times slower than the rest. On the medium videos the
-# five others fit in 2–7 s each alone (one thread per model); the deep forest over all 1,152
-# features takes ~50 s (the bench reports the measured factor). It is listed first, so it
-# starts at once and lands as early as it can: the worst case for "first predictions / slow
-# model landed".
+# Benchmark d: one candidate about ten times slower than the median of the rest, at two scales
+# of "the rest". The ratio "first predictions / slow model landed" depends on how the fast fits
+# compare with the fixed cost of each hop (a run process start, a sensor tick), so the bench
+# measures both: `seconds` has fast fits of a few seconds (naive Bayes, logistic regressions),
+# `tens` has fast fits of about ten seconds (LightGBM, forests and extra trees on one
+# perspective each). The slow candidate is a deep forest over all 1,152 features, sized to
+# ~10× (the bench reports the measured factor). It is listed first, so it starts at once and
+# lands as early as it can: the worst case for the ratio.
 SLOW_CANDIDATE: Final = "slow_forest"
-ASYNC_CANDIDATES: Final[list[dict[str, Any]]] = [
-    {
-        "name": SLOW_CANDIDATE,
-        "model": "random_forest",
-        "params": {"n_estimators": 50, "max_depth": 16},
-    },
-    {"name": "gaussian_nb", "model": "gaussian_nb"},
-    {"name": "logreg", "model": "logistic_regression", "params": {"C": 0.05}},
-    {
-        "name": "visual_logreg",
-        "model": "logistic_regression",
-        "params": {"C": 0.05},
-        "features": ["mean_rgb_*"],
-    },
-    {"name": "logreg_c1", "model": "logistic_regression", "params": {"C": 1.0}},
-    {"name": "visual_nb", "model": "gaussian_nb", "features": ["mean_rgb_*"]},
-]
+
+
+@dataclass(frozen=True)
+class AsyncWorkload:
+    name: str
+    summary: str
+    candidates: list[dict[str, Any]]
+    min_score: float | None = None  # the selection bar; None: the sizes' `min_score`
+
+
+ASYNC_WORKLOADS: Final[tuple[AsyncWorkload, ...]] = (
+    AsyncWorkload(
+        "seconds",
+        "fast fits of a few seconds",
+        [
+            {
+                "name": SLOW_CANDIDATE,
+                "model": "random_forest",
+                "params": {"n_estimators": 25, "max_depth": 16},
+            },
+            {"name": "gaussian_nb", "model": "gaussian_nb"},
+            {"name": "logreg", "model": "logistic_regression", "params": {"C": 0.05}},
+            {
+                "name": "visual_logreg",
+                "model": "logistic_regression",
+                "params": {"C": 0.05},
+                "features": ["mean_rgb_*"],
+            },
+            {"name": "logreg_c1", "model": "logistic_regression", "params": {"C": 1.0}},
+            {"name": "visual_nb", "model": "gaussian_nb", "features": ["mean_rgb_*"]},
+        ],
+    ),
+    AsyncWorkload(
+        "tens",
+        "fast fits of about ten seconds",
+        [
+            {
+                "name": SLOW_CANDIDATE,
+                "model": "random_forest",
+                "params": {"n_estimators": 90, "max_depth": 16},
+            },
+            {
+                "name": "audio_lightgbm",
+                "model": "lightgbm",
+                "params": {"num_leaves": 15, "n_estimators": 20, "subsample_for_bin": 2000},
+                "features": ["mean_audio_*"],
+            },
+            {
+                "name": "audio_forest",
+                "model": "random_forest",
+                "params": {"n_estimators": 30, "max_depth": 12},
+                "features": ["mean_audio_*"],
+            },
+            {
+                "name": "audio_extra_trees",
+                "model": "extra_trees",
+                "params": {"n_estimators": 120, "max_depth": 12},
+                "features": ["mean_audio_*"],
+            },
+            {
+                "name": "visual_forest",
+                "model": "random_forest",
+                "params": {"n_estimators": 15, "max_depth": 8},
+                "features": ["mean_rgb_*"],
+            },
+            {
+                "name": "extra_trees",
+                "model": "extra_trees",
+                "params": {"n_estimators": 50, "max_depth": 12},
+            },
+        ],
+        # Tree models reach hit@1 0.48–0.60 on the generated videos (their tags follow Gaussian
+        # class means, which naive Bayes and linear models fit best). This workload measures
+        # timing, so the bar only has to admit them.
+        min_score=0.45,
+    ),
+)
 AUDIO_ONLY: Final = ["mean_audio_*"]
 VISUAL_ONLY: Final = ["mean_rgb_*"]
 
@@ -130,10 +194,15 @@ def video_config(ctx: Context, directory: Path) -> Path:
     return write_config(directory / "videos.yaml", dataset, VIDEO_CANDIDATES, ctx.sizes.min_score)
 
 
-def async_config(ctx: Context, directory: Path) -> Path:
+def async_config(ctx: Context, directory: Path, workload: AsyncWorkload) -> Path:
     """The generated videos with one slow candidate (benchmark d)."""
     dataset = {"source": str(video_source(ctx)), "label": "tags", "id": "video_id"}
-    return write_config(directory / "async.yaml", dataset, ASYNC_CANDIDATES, ctx.sizes.min_score)
+    return write_config(
+        directory / f"async_{workload.name}.yaml",
+        dataset,
+        workload.candidates,
+        ctx.sizes.min_score if workload.min_score is None else workload.min_score,
+    )
 
 
 def digits_config(directory: Path) -> Path:
