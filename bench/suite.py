@@ -502,9 +502,30 @@ class AsyncFigures:
         return self.syncs[0].fit_seconds
 
     @property
-    def slow_factor(self) -> float:
+    def rest_fit(self) -> float:
+        """The median fit of the candidates other than the slow one."""
         rest = [seconds for name, seconds in self.fits.items() if name != SLOW_CANDIDATE]
-        return self.fits.get(SLOW_CANDIDATE, 0.0) / median(rest) if rest else 0.0
+        return median(rest) if rest else 0.0
+
+    @property
+    def slow_factor(self) -> float:
+        return self.fits.get(SLOW_CANDIDATE, 0.0) / self.rest_fit if self.rest_fit else 0.0
+
+    @property
+    def first(self) -> float:
+        return median([run.first_predictions for run in self.asyncs])
+
+    @property
+    def slow(self) -> float:
+        return median([run.slow_landed for run in self.asyncs])
+
+    @property
+    def sync_first(self) -> float:
+        return median([run.first_predictions for run in self.syncs])
+
+    @property
+    def sync_slow(self) -> float:
+        return median([run.slow_landed for run in self.syncs])
 
 
 def _async_workload(ctx: Context, workload: AsyncWorkload) -> AsyncFigures:
@@ -532,10 +553,7 @@ def _async_details(figures: AsyncFigures) -> list[str]:
         values = [get(run) for run in runs]
         return [f"{median(values):.1f}", _runs(values)]
 
-    first = median([run.first_predictions for run in asyncs])
-    sync_first = median([run.first_predictions for run in syncs])
-    rest = [seconds for name, seconds in fits.items() if name != SLOW_CANDIDATE]
-    sync_slow = median([run.slow_landed for run in syncs])
+    first, sync_first, sync_slow = figures.first, figures.sync_first, figures.sync_slow
     ranks = "ranks" if SLOW_CANDIDATE in asyncs[0].final_models else "does not rank"
     hops = [run.hops for run in asyncs if run.hops]
     lines = [
@@ -565,7 +583,7 @@ def _async_details(figures: AsyncFigures) -> list[str]:
         f"Against the slow model's sync landing ({sync_slow:.1f}s; training is niced and shares "
         f"the cores with serving in async, so it lands later there): {first / sync_slow:.2f}.",
         f"{len(fits)} candidates; `{SLOW_CANDIDATE}` fits in {fits.get(SLOW_CANDIDATE, 0.0):.1f}s, "
-        f"{figures.slow_factor:.1f}× the median of the rest ({median(rest) if rest else 0.0:.1f}s; "
+        f"{figures.slow_factor:.1f}× the median of the rest ({figures.rest_fit:.1f}s; "
         f"`training_seconds` of the first sync run: "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in fits.items())
         + ").",
@@ -602,9 +620,7 @@ def bench_async(ctx: Context) -> Result:
     workloads = [_async_workload(ctx, workload) for workload in ASYNC_WORKLOADS]
     result.figure = "; ".join(
         f"{f.workload.name}: {f.ratio:.2f} "
-        f"({median([a.first_predictions for a in f.asyncs]):.1f}s / "
-        f"{median([a.slow_landed for a in f.asyncs]):.1f}s, "
-        f"sync baseline first at {median([a.first_predictions for a in f.syncs]):.1f}s)"
+        f"({f.first:.1f}s / {f.slow:.1f}s, sync baseline first at {f.sync_first:.1f}s)"
         for f in workloads
     )
     result.goal = "≤ 0.3"

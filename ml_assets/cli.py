@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ml_assets.config import ConfigError, Settings, load_settings
@@ -108,7 +108,6 @@ def _run_async(
     Ingestion (when `ingest` gives a reason) runs here while the daemon starts up: its sensors
     wait for an ingestion in flight instead of launching a second one or training on the
     dataset it replaces."""
-    from datetime import datetime
     from pathlib import Path
 
     from dagster import AssetKey, DagsterInstance, RunsFilter
