@@ -32,8 +32,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 dev: $(BIN)/.installed
-	$(BIN)/ml-assets home >/dev/null
-	$(BIN)/dagster dev -h $(DEV_HOST) -p 3000 -w workspace.yaml
+	$(BIN)/ml-assets dev --host $(DEV_HOST) --port 3000
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run

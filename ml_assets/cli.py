@@ -9,22 +9,22 @@ import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ml_assets.config import ConfigError, Settings, load_settings
+from ml_assets.config import Settings, load_settings
+from ml_assets.errors import find_user_error
 from ml_assets.runner import prepare_home
 from ml_assets.tags import DATASET_TAG, FORCE_TAG
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
+    from ml_assets.planning import TrainingPlan
+
 
 def _load() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_settings()  # a ConfigError is reported by `main` (one line per problem)
 
 
 def _ingestion_reason(settings: Settings, force: frozenset[str]) -> str | None:
@@ -48,14 +48,16 @@ def _ingestion_reason(settings: Settings, force: frozenset[str]) -> str | None:
     return decision.reason
 
 
-def _ingest(reason: str, force: frozenset[str]) -> bool:
+def _ingest(reason: str, force: frozenset[str]) -> int:
+    """Ingest in this process; 0 on success, else the exit status (2: bad config or data)."""
     from ml_assets.runner import run_job
 
     print(f"ingesting: {reason}")
     outcome = run_job("ingest_job", tags=_force_tags(force))
-    if not outcome.success:
-        print(f"ingestion failed (run {outcome.run_id}):\n{outcome.error}", file=sys.stderr)
-    return outcome.success
+    if outcome.success:
+        return 0
+    print(f"error: ingestion failed (run {outcome.run_id[:8]}): {outcome.error}", file=sys.stderr)
+    return 2 if outcome.user_error else 1
 
 
 def _force_tags(force: frozenset[str]) -> dict[str, str]:
@@ -68,7 +70,7 @@ def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
 
     from ml_assets.planning import plan_training, serving_is_current
     from ml_assets.resources import ArtifactStoreResource
-    from ml_assets.runner import run_job, run_partitions
+    from ml_assets.runner import run_partitions
 
     store = ArtifactStoreResource().get()
     with DagsterInstance.get() as instance:
@@ -88,16 +90,12 @@ def _run_sync(settings: Settings, workers: int, force: frozenset[str]) -> int:
     if current and not force:
         print("serving is current (no run)")
         return 0
-    serve = run_job("serve_job", tags=_force_tags(force))
-    if not serve.success:
-        print(f"serving failed (run {serve.run_id}):\n{serve.error}", file=sys.stderr)
-        return 1
-    return 0
+    return _serve_here(force)
 
 
 def _run_async(
     settings: Settings,
-    timeout: float,
+    args: argparse.Namespace,
     started: float,
     started_wall: float,
     ingest: str | None,
@@ -107,9 +105,8 @@ def _run_async(
 
     Ingestion (when `ingest` gives a reason) runs here while the daemon starts up: its sensors
     wait for an ingestion in flight instead of launching a second one or training on the
-    dataset it replaces."""
-    from pathlib import Path
-
+    dataset it replaces. The wait ends when the workflow settled, or as soon as nothing moves
+    (`settle.Watchdog`): it never waits on work nobody will launch."""
     from dagster import AssetKey, DagsterInstance, RunsFilter
 
     from ml_assets.config import default_home
@@ -118,13 +115,14 @@ def _run_async(
     from ml_assets.resources import ArtifactStoreResource
     from ml_assets.runner import dagster_daemon
     from ml_assets.runs import in_flight
+    from ml_assets.settle import Watchdog
 
     store = ArtifactStoreResource().get()
     home = default_home()
     log = home / "daemon.log"
     first_prediction: float | None = None
-    settled_polls = 0
     since = datetime.fromtimestamp(started_wall, tz=UTC)
+    served_here = False
 
     def ingestion_recorded() -> bool:
         # The daemon starts once our ingestion run is on the instance, so its sensors see it
@@ -138,17 +136,18 @@ def _run_async(
         ) as daemon,
         DagsterInstance.get() as instance,
     ):
-        if daemon is None:
-            print("a daemon is already running on this instance (make dev?); using it")
+        if isinstance(daemon, str):
+            print(f"a daemon already runs on this instance ({daemon}); using it")
         else:
             print(f"daemon starting; sensors drive training and serving (log: {log})")
         before = latest_record(instance, AssetKey("aggregated_predictions"))
-        if ingest is not None and not _ingest(ingest, force):
-            return 1
-        while time.perf_counter() - started < timeout:
+        if ingest is not None and (failed_ingestion := _ingest(ingest, force)):
+            return failed_ingestion
+        watchdog = Watchdog(instance, args.stall_timeout)
+        while time.perf_counter() - started < args.timeout:
             time.sleep(1.0)
-            if daemon is not None and (code := daemon.exit_code()) is not None:
-                print(f"error: the daemon exited ({code}); see {log}", file=sys.stderr)
+            if not isinstance(daemon, str) and (exit_code := daemon.exit_code()) is not None:
+                print(f"error: the daemon exited ({exit_code}); see {log}", file=sys.stderr)
                 return 1
             aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
             if first_prediction is None and aggregated is not None and aggregated != before:
@@ -157,27 +156,73 @@ def _run_async(
                     f"first aggregated predictions after {first_prediction:.1f}s: "
                     f"{aggregated['models']}"
                 )
+            watchdog.observe()
             if in_flight(instance):
                 # The cheap question first: planning costs ~0.1 s of CPU that the training
                 # and serving runs need more while anything is queued or running.
-                settled_polls = 0
                 continue
             plan = plan_training(instance, settings, store)
-            failed = _failed_since(instance, started_wall)
-            pending = [c.name for c in plan.to_train if c.name not in failed]
-            done = plan.dataset_key is not None and not pending
-            settled_polls = settled_polls + 1 if done else 0
-            current = settled_polls >= 2 and serving_is_current(instance, settings, store)
-            if current or settled_polls >= 15:  # 15 s idle: nothing qualified to serve
-                break
-        else:
-            print(f"error: not settled after {timeout:.0f}s (see the UI or {log})", file=sys.stderr)
-            return 1
-    return 0
+            pending = _pending(instance, plan, settings, started_wall)
+            if plan.dataset_key is None:
+                waiting, sensor = "the first ingestion", "dataset_sensor"
+            elif pending:
+                waiting, sensor = f"training of {', '.join(pending)}", "candidates_sensor"
+            elif serving_is_current(instance, settings, store):
+                return 0
+            else:
+                outcome = _serving_outcome(instance, started_wall, served_here)
+                if outcome == "serve here":
+                    served_here = True
+                    if failed_serving := _serve_here(force):
+                        return failed_serving
+                    continue
+                if outcome:
+                    print(f"error: {outcome}", file=sys.stderr)
+                    return 1
+                waiting, sensor = "a serving run with the models landed", "model_landed_sensor"
+            if stall := watchdog.stalled(waiting, sensor):
+                print(f"error: {stall}; see {log}", file=sys.stderr)
+                return 1
+        print(
+            f"error: not settled after {args.timeout:.0f}s (see the UI or {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _serving_outcome(instance: DagsterInstance, started_wall: float, served_here: bool) -> str:
+    """With training settled and serving not current: "serve here" when no sensor will launch
+    serving (nothing landed during this command), the failure of the serving run that saw every
+    landed model, or "" while `model_landed_sensor` still has to launch one."""
+    from ml_assets.runs import run_failure
+    from ml_assets.settle import last_landing, latest_run
+
+    serve = latest_run(instance, "serve_job")
+    landed = last_landing(instance)
+    nothing_new = landed < started_wall and (serve is None or serve.created < started_wall)
+    if not served_here and nothing_new:
+        # model_landed_sensor reacts to landings; none happened since this command started.
+        return "serve here"
+    if serve is not None and serve.created >= landed and serve.status.value == "FAILURE":
+        failure = run_failure(instance, serve.run_id).message
+        return f"serving failed (run {serve.run_id[:8]}): {failure}"
+    return ""
+
+
+def _serve_here(force: frozenset[str]) -> int:
+    from ml_assets.runner import run_job
+
+    print("serving: selection, predictions, aggregation")
+    serve = run_job("serve_job", tags=_force_tags(force))
+    if serve.success:
+        return 0
+    print(f"error: serving failed (run {serve.run_id[:8]}): {serve.error}", file=sys.stderr)
+    return 2 if serve.user_error else 1
 
 
 def _up_to_date(settings: Settings) -> bool:
-    """No candidate to (re)train and serving already uses every landed model: no daemon needed."""
+    """No candidate the sensor would train (given-up ones included) and serving already uses
+    every landed model: no daemon needed."""
     from dagster import DagsterInstance
 
     from ml_assets.planning import plan_training, serving_is_current
@@ -186,7 +231,27 @@ def _up_to_date(settings: Settings) -> bool:
     store = ArtifactStoreResource().get()
     with DagsterInstance.get() as instance:
         plan = plan_training(instance, settings, store)
-        return not plan.to_train and serving_is_current(instance, settings, store)
+        pending = _pending(instance, plan, settings, time.time())
+        return not pending and serving_is_current(instance, settings, store)
+
+
+def _pending(
+    instance: DagsterInstance, plan: TrainingPlan, settings: Settings, started_wall: float
+) -> list[str]:
+    """Candidates the sensor will still train: not failed since this command started, and not
+    given up on after `retries.max_retries` failed runs."""
+    from ml_assets.planning import training_attempt
+
+    failed = _failed_since(instance, started_wall)
+    return [
+        c.name
+        for c in plan.to_train
+        if c.name not in failed
+        and plan.dataset_key is not None
+        and not training_attempt(instance, c, plan.dataset_key).given_up(
+            settings.retries.max_retries
+        )
+    ]
 
 
 def _failed_since(instance: DagsterInstance, started_wall: float) -> set[str]:
@@ -204,6 +269,16 @@ def _failed_since(instance: DagsterInstance, started_wall: float) -> set[str]:
     }
 
 
+def _apply_pool_limits(settings: Settings, training_slots: int | None = None) -> None:
+    """The training pool's slots follow `training.max_concurrent` (see `ml_assets/pools.py`)."""
+    from dagster import DagsterInstance
+
+    from ml_assets.pools import apply_pool_limits
+
+    with DagsterInstance.get() as instance:
+        apply_pool_limits(instance, training_slots or settings.training.max_concurrent)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Ingest, train every candidate, select, serve and aggregate; only what changed runs."""
     prepare_home()
@@ -216,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ml_assets.status import collect_status, format_status
 
     started, started_wall = time.perf_counter(), time.time()
+    _apply_pool_limits(settings, args.max_concurrent)
     force = frozenset(f.strip() for f in args.force.split(",") if f.strip())
     with DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
@@ -225,8 +301,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"candidates: +{added} -{removed}")
     ingest = _ingestion_reason(settings, force)
     if args.mode == "sync":
-        if ingest is not None and not _ingest(ingest, force):
-            return 1
+        if ingest is not None and (code := _ingest(ingest, force)):
+            return code
         code = _run_sync(settings, args.max_concurrent or settings.training.max_concurrent, force)
     elif ingest is None and _up_to_date(settings):
         print("every candidate and the serving outputs are up to date: nothing to launch")
@@ -234,14 +310,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if force - {"ingested_dataset"}:
             print("note: --force applies to ingestion only in async mode; use --mode sync")
-        code = _run_async(settings, args.timeout, started, started_wall, ingest, force)
+        code = _run_async(settings, args, started, started_wall, ingest, force)
     with DagsterInstance.get() as instance:
         status = collect_status(instance, settings, ArtifactStoreResource().get())
     print()
     print(format_status(status, settings.selection.min_score))
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.1f}s; runs are in the Dagster UI (`make dev`)")
-    return code
+    # Bad candidates do not stop the others, but the command says so and fails like any
+    # other user error.
+    mistakes = [e for e in status["leaderboard"] if e["status"] == "invalid" or e["user_error"]]
+    for entry in mistakes:
+        print(f"error: candidate {entry['name']!r}: {entry['note']}", file=sys.stderr)
+    return 2 if mistakes and code == 0 else code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -272,10 +353,44 @@ def cmd_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def dev_command(dagster: str, host: str, port: int, workspace: Path) -> list[str]:
+    """The `dagster dev` command line of `ml-assets dev`."""
+    return [dagster, "dev", "-h", host, "-p", str(port), "-w", str(workspace)]
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """The Dagster UI and daemon over `.ml_assets/` (what `make dev` runs)."""
+    import os
+    import shutil
+
+    from dagster import DagsterInstance
+
+    from ml_assets.config import CONFIG_ENV, default_config_path
+    from ml_assets.runner import DaemonLock, daemon_on_instance, workspace_file
+
+    home = prepare_home()
+    settings = _load()
+    _apply_pool_limits(settings)
+    # The code server resolves the config from its own working directory otherwise.
+    os.environ[CONFIG_ENV] = str(default_config_path().absolute())
+    lock = DaemonLock(home)
+    if not lock.acquire("ml-assets dev"):
+        with DagsterInstance.get() as instance:
+            who = daemon_on_instance(home, instance) or "another ml-assets process"
+        print(f"error: a daemon already runs on this instance ({who}); stop it first")
+        return 1
+    assert lock.fd is not None
+    os.set_inheritable(lock.fd, True)  # `dagster dev` holds it from here on, as long as it runs
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    command = dev_command(dagster, args.host, args.port, workspace_file(home, Path.cwd()))
+    # From DAGSTER_HOME, whose dagster.yaml is the project's own (a symlink): `dagster dev`
+    # reads the instance there and finds no other dagster.yaml in its working directory.
+    os.chdir(os.environ["DAGSTER_HOME"])
+    os.execv(command[0], command)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write a YouTube-8M-shaped multi-label Parquet file (deterministic by seed)."""
-    from pathlib import Path
-
     from ml_assets.ml.synthetic import write_videos
 
     path = write_videos(
@@ -292,6 +407,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-assets", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a configuration or data error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("--max-concurrent", type=int, default=None, help="training runs at once")
@@ -304,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout", type=float, default=3600.0, help="async: give up after this many seconds"
+    )
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="async: give up when no run was launched or changed for this many seconds",
     )
     run.add_argument(
         "--force",
@@ -322,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--rgb-dims", type=int, default=1024)
     generate.add_argument("--audio-dims", type=int, default=128)
     generate.set_defaults(func=cmd_generate)
+    dev = sub.add_parser("dev", help=cmd_dev.__doc__)
+    dev.add_argument("--host", default="127.0.0.1", help="the UI's address (no authentication)")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
     home = sub.add_parser("home", help=cmd_home.__doc__)
     home.set_defaults(func=cmd_home)
     return parser
@@ -331,7 +459,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Dagster's beta/preview notices are for library authors, not for people running the workflow.
     warnings.filterwarnings("ignore", message=".*(beta|preview|deprecated).*")
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        # A user's mistake is one line naming the file, key, column or candidate; anything
+        # else is a bug and keeps its traceback.
+        mistake = find_user_error(error)
+        if mistake is None or args.debug:
+            raise
+        print(f"error: {mistake}", file=sys.stderr)
+        return 2
     return code
 
 

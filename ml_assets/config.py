@@ -12,13 +12,15 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ml_assets.errors import UserError
+
 CONFIG_ENV: Final = "ML_ASSETS_CONFIG"
 HOME_ENV: Final = "ML_ASSETS_HOME"
 CONFIG_FILENAME: Final = "ml_assets.yaml"
 CANDIDATE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """`ml_assets.yaml` cannot be used; the message names the file and the key."""
 
 

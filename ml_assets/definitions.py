@@ -18,7 +18,12 @@ from ml_assets.gc import cache_gc_job
 from ml_assets.jobs import build_jobs
 from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
 from ml_assets.schedules import build_schedules
-from ml_assets.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
+from ml_assets.sensors import (
+    candidates_sensor,
+    dataset_sensor,
+    dead_runs_sensor,
+    model_landed_sensor,
+)
 
 
 def _settings_for_shape(settings: Settings | None) -> Settings:
@@ -60,7 +65,7 @@ def build_definitions(
         ],
         asset_checks=[dataset_schema_and_rows, selected_models_meet_bar, *checks],
         jobs=[*build_jobs(shape.retries), cache_gc_job],
-        sensors=[dataset_sensor, candidates_sensor, model_landed_sensor],
+        sensors=[dataset_sensor, candidates_sensor, model_landed_sensor, dead_runs_sensor],
         schedules=build_schedules(shape),
         resources=dict(resources)
         if resources

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -113,18 +114,27 @@ class IngestionState:
     cheap_key: str
 
     def as_metadata(self) -> dict[str, Any]:
+        """Plain values; the asset shows `state_ingested_at` as a timestamp."""
         return {f"state_{k}": v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> IngestionState | None:
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> IngestionState | None:
+        """Read back from plain values or from the stored metadata values (a timestamp value
+        yields its epoch seconds)."""
+
+        def field(name: str) -> Any:
+            value = metadata[f"state_{name}"]
+            # A Dagster `MetadataValue` (e.g. a timestamp) holds the plain value in `.value`.
+            return getattr(value, "value", value)
+
         try:
             return cls(
-                ingested_at=float(metadata["state_ingested_at"]),
-                code_version=str(metadata["state_code_version"]),
-                config_hash=str(metadata["state_config_hash"]),
-                records=int(metadata["state_records"]),
-                content_hash=str(metadata["state_content_hash"]),
-                cheap_key=str(metadata["state_cheap_key"]),
+                ingested_at=float(field("ingested_at")),
+                code_version=str(field("code_version")),
+                config_hash=str(field("config_hash")),
+                records=int(field("records")),
+                content_hash=str(field("content_hash")),
+                cheap_key=str(field("cheap_key")),
             )
         except (KeyError, TypeError, ValueError):
             return None

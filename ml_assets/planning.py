@@ -4,8 +4,9 @@ Launch-level skipping lives here: a step whose inputs' versions are unchanged ge
 """
 
 from dataclasses import dataclass
+from typing import Final
 
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ml_assets.artifacts import SELECTION_FILE, read_json
 from ml_assets.assets.training import model_memo_key
@@ -13,6 +14,40 @@ from ml_assets.config import CandidateConfig, Settings
 from ml_assets.lineage import latest_record
 from ml_assets.ml.models import CandidateError, validate_candidate
 from ml_assets.store import ArtifactError, ArtifactStore
+
+ATTEMPT_TAG: Final = "ml_assets/attempt_of"  # groups the runs that try one config on one dataset
+
+
+@dataclass(frozen=True)
+class TrainingAttempt:
+    """Where training one candidate stands, for `candidates_sensor` and `ml-assets run` alike."""
+
+    group: str  # the candidate's config and the dataset: the runs that try the same thing
+    failures: int  # failed runs of that group so far
+    landed: int  # storage id of the partition's latest materialization (0: none)
+
+    @property
+    def run_key(self) -> str:
+        # Names the model the instance records now: when that model's artifact is damaged or
+        # deleted, the plan asks again with a new key (Dagster skips a key it has seen).
+        return f"{self.group}:{self.landed}:{self.failures}"
+
+    def given_up(self, max_retries: int) -> bool:
+        return self.failures > max_retries
+
+
+def training_attempt(
+    instance: DagsterInstance, candidate: CandidateConfig, dataset_key: str
+) -> TrainingAttempt:
+    group = f"train:{candidate.name}:{candidate.config_hash()}:{dataset_key}"
+    failures = instance.get_runs_count(
+        RunsFilter(tags={ATTEMPT_TAG: group}, statuses=[DagsterRunStatus.FAILURE])
+    )
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("trained_model"), asset_partitions=[candidate.name]),
+        limit=1,
+    ).records
+    return TrainingAttempt(group, failures, records[0].storage_id if records else 0)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from dagster import ConfigurableResource, Failure, InitResourceContext
+from dagster import ConfigurableResource, InitResourceContext
 
 from ml_assets.config import (
     ConfigError,
@@ -12,6 +12,7 @@ from ml_assets.config import (
     default_home,
     load_settings,
 )
+from ml_assets.failures import user_failure
 from ml_assets.runs import PROCESS_TAG, process_tag
 from ml_assets.store import ArtifactStore
 
@@ -29,7 +30,7 @@ class SettingsResource(ConfigurableResource):
         try:
             return load_settings(self.path())
         except ConfigError as error:
-            raise Failure(str(error), allow_retries=False) from error
+            raise user_failure(error) from error
 
     def base_dir(self) -> Path:
         """Relative `dataset.source` paths are resolved against the config file's folder."""

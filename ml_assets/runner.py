@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Final
 
 from dagster import (
     DagsterInstance,
@@ -29,27 +30,39 @@ from dagster import (
 )
 
 from ml_assets.config import default_home
-from ml_assets.runs import PROCESS_TAG, process_tag
+from ml_assets.runs import (
+    PROCESS_TAG,
+    is_user_error,
+    process_tag,
+    step_failure_text,
+)
 
 INSTANCE_CONFIG = "dagster.yaml"
 LAUNCH_TAG = "ml_assets/launch"  # finds the run of a process that died before reporting it
-# The run's full event log still goes to the instance (and the UI); the terminal gets warnings.
+# The run's full event log still goes to the instance (and the UI). The terminal gets what
+# `ml-assets` prints of each run's outcome: one line per failure, not Dagster's stack traces.
 QUIET_RUN_CONFIG: Mapping[str, object] = {
-    "loggers": {"console": {"config": {"log_level": "WARNING"}}}
+    "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}
 }
 
 
 def prepare_home(project_dir: Path | None = None) -> Path:
-    """Set `ML_ASSETS_HOME`/`DAGSTER_HOME` and install the project's dagster.yaml there."""
+    """Set `ML_ASSETS_HOME`/`DAGSTER_HOME` and link the project's dagster.yaml there.
+
+    A symlink, not a copy: Dagster reads the project's own file, so an edit applies to the next
+    instance that loads and `dagster dev` (run from `DAGSTER_HOME`) has no other file to warn of.
+    """
     home = default_home()
     os.environ["ML_ASSETS_HOME"] = str(home)
-    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").absolute()
     dagster_home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    source = (project_dir or Path.cwd()) / INSTANCE_CONFIG
+    source = ((project_dir or Path.cwd()) / INSTANCE_CONFIG).absolute()
     target = dagster_home / INSTANCE_CONFIG
-    if source.is_file() and source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
+    if source.is_file() and target.resolve() != source.resolve():
+        staging = dagster_home / f".{INSTANCE_CONFIG}.{uuid.uuid4().hex}"
+        staging.symlink_to(source)
+        staging.replace(target)  # atomic: a reader sees the old file or the link
     return home
 
 
@@ -85,27 +98,7 @@ class RunOutcome:
     run_id: str
     success: bool
     error: str
-
-
-class ErrorInfo(Protocol):
-    """The parts of Dagster's serialized step error that `failure_text` reads."""
-
-    @property
-    def message(self) -> str: ...
-
-    @property
-    def cls_name(self) -> str | None: ...
-
-    @property
-    def cause(self) -> ErrorInfo | None: ...
-
-
-def failure_text(error: ErrorInfo) -> str:
-    """A failed step's error as a person needs it: once a retried step gives up, Dagster's
-    message is only "Exceeded max_retries of N", so the error that was retried comes first."""
-    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
-        return f"{failure_text(error.cause)}\n({error.message.strip()})"
-    return error.message.strip()
+    user_error: bool = False  # failed on bad config, data or candidate (`failures.user_failure`)
 
 
 def run_job(
@@ -122,12 +115,12 @@ def run_job(
             tags=all_tags,
             run_config=QUIET_RUN_CONFIG,
         )
-        errors = [
-            failure_text(event.step_failure_data.error)
-            for event in result.get_step_failure_events()
-            if event.step_failure_data.error is not None
-        ]
-        return RunOutcome(job, partition, result.run_id, result.success, "\n".join(errors))
+        failures = [event.step_failure_data for event in result.get_step_failure_events()]
+        errors = [text for f in failures if (text := step_failure_text(f))]
+        user_error = any(is_user_error(f) for f in failures)
+        return RunOutcome(
+            job, partition, result.run_id, result.success, "\n".join(errors), user_error
+        )
 
 
 def _serve_runs(connection: Connection) -> None:
@@ -217,8 +210,10 @@ def run_partitions(
     return [outcomes[p] for p in partitions]
 
 
-def _workspace_file(home: Path, project_dir: Path) -> Path:
-    """A workspace pointing at the project, so the daemon finds the code wherever it runs."""
+def workspace_file(home: Path, project_dir: Path) -> Path:
+    """A workspace pointing at the project by absolute path, so the daemon and `dagster dev`
+    find the code whatever their working directory (Dagster does not rebase a python_module's
+    `working_directory` against the workspace file, as it does a python_file's)."""
     path = home / "workspace.yaml"
     path.write_text(
         "load_from:\n"
@@ -230,17 +225,113 @@ def _workspace_file(home: Path, project_dir: Path) -> Path:
     return path
 
 
-def daemon_running(instance: DagsterInstance, within_seconds: float = 30.0) -> bool:
-    """True when a sensor daemon (e.g. `make dev`'s) heartbeat is recent on this instance."""
+DAEMON_LOCK = "daemon.lock"
+# Dagster's daemons write a heartbeat every 30 s (`DEFAULT_HEARTBEAT_INTERVAL_SECONDS`).
+_HEARTBEAT_STALE_SECONDS: Final = 75.0
+
+
+class DaemonLock:
+    """An exclusive `flock` on `<home>/daemon.lock`, held by whatever runs a daemon that
+    `ml-assets` started (`ml-assets run`'s child, `ml-assets dev`), for as long as it lives.
+
+    The kernel drops the lock when the last process holding it dies, so a held lock means a live
+    daemon, and a free one means none of ours, whatever timestamps the instance still shows.
+    The file records who holds it and, once released, when (see `daemon_on_instance`).
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / DAEMON_LOCK
+        self.fd: int | None = None
+
+    def acquire(self, holder: str) -> bool:
+        """Take the lock without waiting; False when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        released = self.state().get("released_at")
+        self._write({"holder": holder, "pid": os.getpid(), "released_at": released})
+        return True
+
+    def release(self, daemon_stopped: bool) -> None:
+        """Unlock; with `daemon_stopped`, first record when (its heartbeats were until then)."""
+        if self.fd is None:
+            return
+        if daemon_stopped:
+            self._write({"released_at": time.time()})
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def _write(self, body: dict[str, object]) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(body).encode(), 0)
+
+    def state(self) -> dict[str, object]:
+        """What the lock file says (empty when absent or unreadable)."""
+        try:
+            body = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def held_elsewhere(self) -> bool:
+        """True when another process holds the lock (probed without keeping it)."""
+        if self.fd is not None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+
+def daemon_on_instance(
+    home: Path, instance: DagsterInstance, lock: DaemonLock | None = None, now: float | None = None
+) -> str:
+    """Who runs a daemon over this instance ("" when nobody does).
+
+    A daemon `ml-assets` started holds `DaemonLock`, which dies with it. A daemon started some
+    other way (`dagster dev` by hand) is taken as alive while its sensor heartbeat is recent and
+    newer than the last daemon `ml-assets` stopped: one recent timestamp alone could be the last
+    heartbeat of the daemon a previous `ml-assets run` just shut down.
+    """
+    lock = lock or DaemonLock(home)
+    state = lock.state()
+    if lock.held_elsewhere():
+        return f"{state.get('holder', 'ml-assets')} (pid {state.get('pid', '?')})"
     heartbeat = instance.get_daemon_heartbeats().get("SENSOR")
-    return heartbeat is not None and time.time() - heartbeat.timestamp < within_seconds
+    if heartbeat is None:
+        return ""
+    released = state.get("released_at")
+    if isinstance(released, int | float) and heartbeat.timestamp <= released:
+        return ""
+    age = (time.time() if now is None else now) - heartbeat.timestamp
+    if age > _HEARTBEAT_STALE_SECONDS:
+        return ""
+    return f"a daemon not started by ml-assets (sensor heartbeat {age:.0f}s ago)"
 
 
 class Daemon:
-    """A `dagster-daemon run` child process in its own session, started at most once."""
+    """A `dagster-daemon run` child process in its own session, started at most once.
 
-    def __init__(self, command: list[str], cwd: Path, log: Path) -> None:
-        self._command, self._cwd, self._log = command, cwd, log
+    It inherits the descriptor of `lock`, so the lock stays held while the daemon lives, even if
+    the process that started it is killed.
+    """
+
+    def __init__(self, command: list[str], cwd: Path, log: Path, lock: DaemonLock) -> None:
+        self._command, self._cwd, self._log, self._lock_file = command, cwd, log, lock
         self._lock = threading.Lock()
         self._stopped = False
         self.process: subprocess.Popen[bytes] | None = None
@@ -249,6 +340,7 @@ class Daemon:
         with self._lock:
             if self.process is not None or self._stopped:
                 return
+            assert self._lock_file.fd is not None
             with self._log.open("ab") as out:
                 self.process = subprocess.Popen(
                     self._command,
@@ -256,6 +348,7 @@ class Daemon:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    pass_fds=(self._lock_file.fd,),
                 )
 
     def exit_code(self) -> int | None:
@@ -283,22 +376,30 @@ def dagster_daemon(
     log: Path,
     start_when: Callable[[], bool] | None = None,
     start_timeout: float = 60.0,
-) -> Iterator[Daemon | None]:
-    """Run `dagster-daemon` over `$DAGSTER_HOME` for the block (None: one is already running).
+) -> Iterator[Daemon | str]:
+    """Run `dagster-daemon` over `$DAGSTER_HOME` for the block, or say who already runs one.
 
     With `start_when`, a thread starts it once that holds (or after `start_timeout`), so the
     caller can first put something on the instance its sensors must see (an ingestion run).
     """
+    lock = DaemonLock(home)
+    if not lock.acquire("ml-assets run"):
+        # Another `ml-assets run` or `ml-assets dev` runs one: use it.
+        with DagsterInstance.get() as instance:
+            yield daemon_on_instance(home, instance) or "another ml-assets process"
+        return
     with DagsterInstance.get() as instance:
-        if daemon_running(instance):
-            yield None
-            return
+        other = daemon_on_instance(home, instance, lock)
+    if other:
+        lock.release(daemon_stopped=False)
+        yield other
+        return
     executable = Path(sys.executable).parent / "dagster-daemon"
     command = (
         [str(executable)] if executable.exists() else [sys.executable, "-m", "dagster", "daemon"]
     )
-    workspace = _workspace_file(home, project_dir)
-    daemon = Daemon([*command, "run", "-w", str(workspace)], project_dir, log)
+    workspace = workspace_file(home, project_dir)
+    daemon = Daemon([*command, "run", "-w", str(workspace)], project_dir, log, lock)
     leaving = threading.Event()
 
     def _start_when_ready() -> None:
@@ -322,3 +423,4 @@ def dagster_daemon(
         if waiter is not None:
             waiter.join()
         daemon.stop()
+        lock.release(daemon_stopped=daemon.process is not None)

@@ -7,12 +7,17 @@ it creates one). A run whose process was killed (by the OOM killer, or with the 
 cache GC, and marked failed.
 """
 
+from __future__ import annotations
+
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Protocol
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from ml_assets.errors import USER_ERROR_METADATA
 
 PROCESS_TAG: Final = "ml_assets/process"
 IN_PROGRESS_STATUSES: Final = (
@@ -31,13 +36,19 @@ def _pid_namespace() -> str:
         return "-"
 
 
-def _start_ticks(pid: int) -> str:
-    """When `pid` started (clock ticks since boot), or "-" where /proc does not say."""
+def _stat_fields(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name ([] where /proc does not say)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+            return stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return "-"
+        return []
+
+
+def _start_ticks(pid: int) -> str:
+    """When `pid` started (clock ticks since boot), or "-" where /proc does not say."""
+    fields = _stat_fields(pid)
+    return fields[19].decode() if len(fields) > 19 else "-"
 
 
 def process_tag(pid: int | None = None) -> str:
@@ -65,6 +76,11 @@ def process_gone(tags: Mapping[str, str]) -> bool:
         return True
     except PermissionError:  # exists, owned by someone else
         pass
+    fields = _stat_fields(int(pid))
+    if fields[:1] in ([b"Z"], [b"X"]):
+        # Killed but not yet reaped (its parent died too, and init has not got to it): a zombie
+        # still answers kill(pid, 0) with the same start time, yet executes nothing.
+        return True
     return start != "-" and _start_ticks(int(pid)) not in (start, "-")
 
 
@@ -80,7 +96,8 @@ def in_flight(
 
 def reap_dead_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed every in-progress run whose executing process on this host is gone (a killed
-    `ml-assets run`), so nothing waits on it and the cache GC stops keeping what it used."""
+    `ml-assets run`), and free its pool slots, so nothing waits on it and the cache GC stops
+    keeping what it used."""
     reaped = []
     for record in instance.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES))):
         run = record.dagster_run
@@ -89,5 +106,84 @@ def reap_dead_runs(instance: DagsterInstance) -> list[str]:
             instance.report_run_failed(
                 run, f"the process that executed this run ({host_pid}) is gone: killed?"
             )
+            # A killed step never gives back its pool slot (Dagster frees slots at step end),
+            # so the pool would shrink by one with every kill.
+            if instance.event_log_storage.supports_global_concurrency_limits:
+                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             reaped.append(run.run_id)
     return reaped
+
+
+class ErrorInfo(Protocol):
+    """The parts of Dagster's serialized step error that `failure_text` reads."""
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def cls_name(self) -> str | None: ...
+
+    @property
+    def cause(self) -> ErrorInfo | None: ...
+
+
+def failure_text(error: ErrorInfo) -> str:
+    """A failed step's error as a person needs it: once a retried step gives up, Dagster's
+    message is only "Exceeded max_retries of N", so the error that was retried comes first."""
+    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        return f"{failure_text(error.cause)}\n({error.message.strip()})"
+    return error.message.strip()
+
+
+class StepFailure(Protocol):
+    """The parts of Dagster's step failure data that the project reads."""
+
+    @property
+    def error(self) -> ErrorInfo | None: ...
+
+    @property
+    def user_failure_data(self) -> UserFailureInfo | None: ...
+
+
+class UserFailureInfo(Protocol):
+    @property
+    def description(self) -> str | None: ...
+
+    @property
+    def metadata(self) -> Mapping[str, object]: ...
+
+
+def step_failure_text(step: StepFailure) -> str:
+    """A failed step's error: a `Failure`'s own description (without Dagster's class name)."""
+    if step.user_failure_data is not None and step.user_failure_data.description:
+        return step.user_failure_data.description.strip()
+    return "" if step.error is None else failure_text(step.error)
+
+
+def is_user_error(step: StepFailure) -> bool:
+    """True when the step raised `failures.user_failure` (bad config, data or candidate)."""
+    data = step.user_failure_data
+    return data is not None and USER_ERROR_METADATA in (data.metadata or {})
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    message: str
+    user_error: bool  # raised as `failures.user_failure`: bad config, data or candidate
+
+
+def run_failure(instance: DagsterInstance, run_id: str) -> RunFailure:
+    """Why a failed run failed: its steps' errors, else the run's own failure message."""
+    steps = [
+        entry.dagster_event.step_failure_data
+        for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+        if entry.dagster_event is not None
+    ]
+    messages = [text for step in steps if (text := step_failure_text(step))]
+    user_error = any(is_user_error(step) for step in steps)
+    if messages:
+        return RunFailure("\n".join(messages), user_error)
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE):
+        if entry.dagster_event is not None and entry.dagster_event.message:
+            return RunFailure(entry.dagster_event.message.strip(), False)
+    return RunFailure("the run failed (no error recorded)", False)

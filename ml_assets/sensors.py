@@ -10,7 +10,6 @@ from dagster import (
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -21,16 +20,16 @@ from ml_assets.config import ConfigError, load_settings
 from ml_assets.lineage import latest_record
 from ml_assets.memo import IngestionState, dataset_config_hash
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
-from ml_assets.planning import plan_training, serving_is_current
+from ml_assets.planning import ATTEMPT_TAG, plan_training, serving_is_current, training_attempt
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
-from ml_assets.runs import in_flight
+from ml_assets.runs import in_flight, reap_dead_runs
 from ml_assets.tags import DATASET_TAG
 
 # The daemon evaluates sensors at most every 5 s whatever this says (Dagster's sensor loop);
 # a shorter minimum only keeps a tick from being skipped when the loop runs late.
 SENSOR_INTERVAL_SECONDS: Final = 2
+DEAD_RUNS_INTERVAL_SECONDS: Final = 15
 _MAX_EVENTS_PER_TICK: Final = 1000
-ATTEMPT_TAG: Final = "ml_assets/attempt_of"
 
 
 @sensor(
@@ -76,21 +75,18 @@ def candidates_sensor(
         )
     runs = []
     for candidate in plan.to_train:
-        base = f"train:{candidate.name}:{candidate.config_hash()}:{plan.dataset_key}"
-        failures = instance.get_runs_count(
-            RunsFilter(tags={ATTEMPT_TAG: base}, statuses=[DagsterRunStatus.FAILURE])
-        )
-        if failures > cfg.retries.max_retries:
-            context.log.warning(f"{candidate.name}: gave up after {failures} failed runs")
+        attempt = training_attempt(instance, candidate, plan.dataset_key)
+        if attempt.given_up(cfg.retries.max_retries):
+            context.log.warning(f"{candidate.name}: gave up after {attempt.failures} failed runs")
             continue
         runs.append(
             RunRequest(
                 partition_key=candidate.name,
-                run_key=f"{base}:{failures}",
+                run_key=attempt.run_key,
                 tags={
                     "ml_assets/candidate": candidate.name,
                     DATASET_TAG: plan.dataset_key,
-                    ATTEMPT_TAG: base,
+                    ATTEMPT_TAG: attempt.group,
                 },
             )
         )
@@ -101,6 +97,26 @@ def candidates_sensor(
     return SensorResult(
         run_requests=runs, dynamic_partitions_requests=partition_requests, skip_reason=skip
     )
+
+
+@sensor(
+    name="dead_runs_sensor",
+    minimum_interval_seconds=DEAD_RUNS_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def dead_runs_sensor(context: SensorEvaluationContext) -> SkipReason:
+    """Mark failed the runs whose process on this host died (killed, out of memory).
+
+    Fills a Dagster gap: run monitoring can only fail a started run whose worker died when the
+    run launcher implements `check_run_worker_health`, and the `DefaultRunLauncher` that
+    starts local run processes does not (`supports_check_run_worker_health` is False).
+    """
+    reaped = reap_dead_runs(context.instance)
+    if reaped:
+        ids = ", ".join(run_id[:8] for run_id in reaped)
+        context.log.warning(f"marked failed, their process is gone: {ids}")
+        return SkipReason(f"marked {len(reaped)} run(s) failed, their process is gone: {ids}")
+    return SkipReason("no run whose process is gone")
 
 
 @sensor(

@@ -53,6 +53,7 @@ def test_definitions_load_and_resolve_everything() -> None:
         "dataset_sensor",
         "candidates_sensor",
         "model_landed_sensor",
+        "dead_runs_sensor",
     }
     assert {s.name for s in defs.schedules} == {"refresh_schedule", "cache_gc_schedule"}
 

@@ -35,12 +35,13 @@ from dagster import (
 
 import ml_assets.artifacts
 from ml_assets.artifacts import read_model
+from ml_assets.cli import build_parser, dev_command
 from ml_assets.config import ConfigError, load_settings
 from ml_assets.gc import collect
 from ml_assets.lineage import Record, latest_record
 from ml_assets.memo import fingerprint_source
 from ml_assets.planning import plan_training
-from ml_assets.runner import failure_text
+from ml_assets.runs import PROCESS_TAG, failure_text, process_gone
 from ml_assets.store import MANIFEST, ArtifactError, ArtifactStore
 from ml_assets_tests.conftest import Project, write_csv_source
 from ml_assets_tests.faults import (
@@ -208,7 +209,14 @@ def test_sigkill_mid_fit_leaves_no_partial_artifact_and_the_next_run_retrains(
 
         assert latest_record(instance, AssetKey("trained_model"), "slow_trees") is None
         run = instance.get_run_by_id(run_id)
-        assert run is not None and run.status != DagsterRunStatus.SUCCESS  # died mid-run
+        assert run is not None and run.status == DagsterRunStatus.STARTED  # died mid-run
+        # SIGKILL is asynchronous: wait (on the condition, not a delay) until the process the run
+        # recorded has exited, as the next `ml-assets run` will see it.
+        wait_for(
+            lambda: True if process_gone(run.tags) else None,
+            timeout=60,
+            what=f"the killed run's process ({run.tags.get(PROCESS_TAG)}) to exit",
+        )
         assert assert_every_visible_artifact_verifies(project.store) == served
         assert _snapshot(instance) == before
         _assert_serving_intact(instance, project.store)
@@ -920,11 +928,14 @@ def _make_dev(*args: str) -> str:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    (line,) = [x for x in result.stdout.splitlines() if "dagster dev" in x]
+    (line,) = [x for x in result.stdout.splitlines() if "ml-assets dev" in x]
     return line
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_ui_binds_localhost_unless_told_otherwise() -> None:
-    assert " -h 127.0.0.1 " in _make_dev()
-    assert " -h 0.0.0.0 " in _make_dev("DEV_HOST=0.0.0.0")
+    assert " --host 127.0.0.1 " in _make_dev()
+    assert " --host 0.0.0.0 " in _make_dev("DEV_HOST=0.0.0.0")
+    args = build_parser().parse_args(["dev"])
+    command = dev_command("dagster", args.host, args.port, Path("workspace.yaml"))
+    assert command[command.index("-h") + 1] == "127.0.0.1"

@@ -413,3 +413,32 @@ def test_model_landed_leaves_new_models_to_a_starting_serving_run(small: Project
     assert not result.run_requests
     assert "a queued serving run will take them" in _skip_message(result)
     assert result.cursor == str(_newest_model_storage_id(small))
+
+
+def _damage_models(project: Project) -> None:
+    for path in (project.store.root / "models").rglob("*"):
+        if path.is_file() and not path.name.endswith(".entry.json"):
+            path.write_bytes(b"garbage")
+
+
+def test_a_damaged_model_is_requested_again_under_a_new_run_key(small: Project) -> None:
+    """Dagster skips a run key it has seen: a key that stayed the same after the store lost the
+    model would leave the candidate untrained forever (and `ml-assets run` waiting)."""
+    assert small.run("ingest_job").success
+    small.sync()
+    first = {r.partition_key: r.run_key for r in _result(small, candidates_sensor).run_requests}
+    assert sorted(first) == NAMES
+    assert small.run("train_job", "knn").success
+    assert "knn" not in {r.partition_key for r in _result(small, candidates_sensor).run_requests}
+
+    _damage_models(small)
+    second = {r.partition_key: r.run_key for r in _result(small, candidates_sensor).run_requests}
+    assert "knn" in second and second["knn"] != first["knn"]
+    assert second["stump"] == first["stump"]  # never landed: nothing changed for it
+
+    retrained = small.run("train_job", "knn")
+    assert retrained.success
+    assert latest_record(small.instance, AssetKey("trained_model"), "knn")["memoized"] is False
+    _damage_models(small)
+    third = {r.partition_key: r.run_key for r in _result(small, candidates_sensor).run_requests}
+    assert third["knn"] not in {first["knn"], second["knn"]}

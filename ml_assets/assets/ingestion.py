@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from ml_assets.artifacts import write_dataset
+from ml_assets.failures import user_failure
 from ml_assets.lineage import latest_record
 from ml_assets.memo import (
     Decision,
@@ -26,6 +27,7 @@ from ml_assets.memo import (
     fingerprint_source,
 )
 from ml_assets.ml.datasets import PARTS, DatasetError, clean, content_hash, read_source, split
+from ml_assets.pools import INGESTION_POOL
 from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
 from ml_assets.tags import FORCE_TAG, is_forced
 
@@ -53,7 +55,7 @@ def fingerprint(settings: SettingsResource, previous: IngestionState | None) -> 
             None if previous is None else (previous.cheap_key, previous.content_hash),
         )
     except DatasetError as error:
-        raise Failure(str(error), allow_retries=False) from error
+        raise user_failure(error) from error
 
 
 def ingestion_decision(
@@ -89,6 +91,7 @@ def raw_dataset(context: AssetExecutionContext, settings: SettingsResource) -> O
     group_name="ingestion",
     code_version=INGESTION_CODE_VERSION,
     kinds={"parquet"},
+    pool=INGESTION_POOL,
 )
 def ingested_dataset(
     context: AssetExecutionContext,
@@ -135,7 +138,7 @@ def ingested_dataset(
             cfg.dataset.source, settings.base_dir(), (before.cheap_key, before.content_hash)
         )
     except DatasetError as error:
-        raise Failure(str(error), allow_retries=False) from error
+        raise user_failure(error) from error
     if after.cheap_key != before.cheap_key:
         # Retryable: a writer was still at work; the next attempt reads a settled source.
         raise Failure(f"dataset.source {cfg.dataset.source!r} changed while it was being ingested")
@@ -167,16 +170,24 @@ def ingested_dataset(
             "features": len(dataset.features),
             **{f"rows_{name}": len(parts[name]) for name in PARTS},
             **{f"dropped_{name}": count for name, count in dropped.items()},
-            **state.as_metadata(),
+            **_state_metadata(state.as_metadata()),
             "memoized": False,
             "reason": decision.reason,
         },
     )
 
 
+def _state_metadata(state: dict[str, Any]) -> dict[str, Any]:
+    """The ingestion state as shown in the UI: its epoch time as a timestamp."""
+    result = dict(state)
+    if "state_ingested_at" in result:
+        result["state_ingested_at"] = MetadataValue.timestamp(float(result["state_ingested_at"]))
+    return result
+
+
 def _carry_over(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A reused ingestion repeats the original's metadata (paths as path values again)."""
-    result = dict(metadata)
+    """A reused ingestion repeats the original's metadata (paths and timestamps as such again)."""
+    result = _state_metadata(metadata)
     if "path" in result:
         result["path"] = MetadataValue.path(str(result["path"]))
     return result

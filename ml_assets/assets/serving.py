@@ -29,6 +29,7 @@ from ml_assets.assets.selection import model_selection
 from ml_assets.lineage import require_record
 from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
 from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
+from ml_assets.pools import SERVING_POOL
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.store import ArtifactError, ArtifactStore
 from ml_assets.tags import DATASET_TAG
@@ -54,11 +55,15 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
 
     @asset(
         name=f"predictions_rank_{rank}",
+        description=(
+            f"Predictions of the model at rank {rank} of the current selection for every "
+            "serving request (per-entity scores, Parquet)."
+        ),
         deps=[model_selection],
         group_name="serving",
         code_version=SERVING_CODE_VERSION,
         kinds={"parquet"},
-        pool="serving",
+        pool=SERVING_POOL,
     )
     def _predictions(
         context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
@@ -67,16 +72,29 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
         selection = current_selection(context.instance, artifacts)
         selected = selection["selected"]
         if rank > len(selected):
-            context.log.info(f"the selection has {len(selected)} model(s); rank {rank} serves none")
+            reason = f"the selection has {len(selected)} model(s); rank {rank} serves none"
+            context.log.info(reason)
             return MaterializeResult(
                 data_version=DataVersion(f"none-{selection['version']}"),
-                metadata={"selection_key": selection["key"], "candidate": "none", "rows": 0},
+                metadata={
+                    "selection_key": selection["key"],
+                    "candidate": "none",
+                    "rows": 0,
+                    "memoized": False,
+                    "reason": reason,
+                },
             )
         entry = selected[rank - 1]
         key = memo_key(entry["model_key"], selection["dataset_key"], SERVING_CODE_VERSION)
-        cached, _ = artifacts.find("predictions", key)
+        cached, miss = artifacts.find("predictions", key)
+        memoized = cached is not None
         started = time.perf_counter()
         if cached is None:
+            reason = (
+                f"computed: cached predictions unusable ({miss})"
+                if artifacts.path("predictions", key).exists()
+                else "computed: no cached predictions of this model on this dataset"
+            )
             try:
                 model = read_model(artifacts, entry["model_key"], entry["model_digest"])
             except ArtifactError as error:
@@ -93,7 +111,11 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
             )
         else:
             artifacts.touch("predictions", key)
-        context.log.info(f"rank {rank}: {entry['name']} served (predictions {key})")
+            reason = (
+                f"memo hit: predictions of model {entry['model_key']} on dataset "
+                f"{selection['dataset_key']} already stored"
+            )
+        context.log.info(f"rank {rank}: {entry['name']} served (predictions {key}; {reason})")
         return MaterializeResult(
             data_version=DataVersion(key),
             metadata={
@@ -103,7 +125,9 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
                 "predictions_key": key,
                 "digest": cached.digest,
                 "path": MetadataValue.path(str(cached.path)),
-                "seconds": time.perf_counter() - started,
+                "seconds": round(time.perf_counter() - started, 3),
+                "memoized": memoized,
+                "reason": reason,
             },
         )
 
@@ -117,7 +141,8 @@ def _since_training_started(instance: DagsterInstance, dataset_key: str) -> dict
     )
     if not first:
         return {}
-    return {"seconds_since_training_started": time.time() - first[0].create_timestamp.timestamp()}
+    since = time.time() - first[0].create_timestamp.timestamp()
+    return {"seconds_since_training_started": round(since, 3)}
 
 
 def build_aggregation_asset(ranks: int) -> AssetsDefinition:
@@ -129,7 +154,7 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
         group_name="serving",
         code_version=SERVING_CODE_VERSION,
         kinds={"parquet"},
-        pool="serving",
+        pool=SERVING_POOL,
     )
     def _aggregated(
         context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
@@ -175,9 +200,22 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
         threshold = cfg.serving.tag_threshold
         output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
         key = memo_key(selection["version"], threshold, SERVING_CODE_VERSION)
-        artifact = write_frame(artifacts, "aggregated", key, output)
+        # The key covers the served models, the dataset and the threshold: an intact artifact
+        # under it holds these very predictions.
+        cached, _ = artifacts.find("aggregated", key)
+        memoized = cached is not None
+        if cached is not None:
+            artifacts.touch("aggregated", key)
+            artifact = cached
+            reason = (
+                f"memo hit: aggregated predictions {key} of these {len(selected)} "
+                "selected model(s) already stored"
+            )
+        else:
+            artifact = write_frame(artifacts, "aggregated", key, output)
+            reason = f"aggregated the per-entity scores of {len(selected)} selected model(s)"
         ensemble = evaluate(requests.Y, mean, task, threshold)
-        per_model: dict[str, Any] = {}
+        per_model: dict[str, float] = {}
         coverage: dict[str, int] = {}
         for (entry, _), matrix in zip(frames, matrices, strict=True):
             scores = evaluate(requests.Y, matrix, task, threshold)
@@ -194,17 +232,21 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
                 "selection_key": selection["key"],
                 "models": [e["name"] for e in selected],
                 "rows": len(output),
-                "ensemble_score": ensemble.hit_at_1,
-                f"ensemble_{ensemble.f1_kind}": ensemble.f1,
-                "best_single_score": best_single,
-                "model_scores": MetadataValue.json(per_model),
+                "ensemble_score": round(ensemble.hit_at_1, 4),
+                f"ensemble_{ensemble.f1_kind}": round(ensemble.f1, 4),
+                "best_single_score": round(best_single, 4),
+                "model_scores": MetadataValue.json(
+                    {name: round(score, 4) for name, score in per_model.items()}
+                ),
                 "entity_coverage": MetadataValue.json(coverage),
                 "entities_tagged_ensemble": coverage["ensemble"],
                 "aggregated_key": key,
                 "digest": artifact.digest,
                 "path": MetadataValue.path(str(artifact.file("predictions.parquet"))),
-                "landed_at": time.time(),
+                "landed_at": MetadataValue.timestamp(time.time()),
                 **_since_training_started(context.instance, selection["dataset_key"]),
+                "memoized": memoized,
+                "reason": reason,
             },
         )
 

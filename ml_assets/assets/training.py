@@ -7,7 +7,6 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     DataVersion,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -22,13 +21,15 @@ from ml_assets.artifacts import (
 )
 from ml_assets.assets.ingestion import ingested_dataset
 from ml_assets.config import CandidateConfig, ConfigError, Settings
+from ml_assets.failures import user_failure
 from ml_assets.lineage import require_record
 from ml_assets.ml.metrics import evaluate
 from ml_assets.ml.models import CandidateError, library_versions, select_features, train_candidate
 from ml_assets.partitions import candidates_partitions
+from ml_assets.pools import TRAINING_POOL
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.store import Artifact, ArtifactStore
-from ml_assets.tags import is_forced
+from ml_assets.tags import FORCE_TAG, is_forced
 
 # Bump when training or evaluation changes what a candidate config turns into.
 TRAINING_CODE_VERSION: Final = "2"
@@ -90,7 +91,7 @@ def _train(
             threads=settings.training.threads_per_model,
         )
     except CandidateError as error:
-        raise Failure(str(error), allow_retries=False) from error
+        raise user_failure(error) from error
     scores = evaluate(
         validation.Y,
         result.model.predict_scores(validation.X),
@@ -122,7 +123,7 @@ def _train(
     group_name="training",
     code_version=TRAINING_CODE_VERSION,
     kinds={"lightgbm", "scikitlearn"},
-    pool="training",
+    pool=TRAINING_POOL,
 )
 def trained_model(
     context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
@@ -133,33 +134,43 @@ def trained_model(
     try:
         candidate = cfg.candidate(name)
     except ConfigError as error:
-        raise Failure(str(error), allow_retries=False) from error
+        raise user_failure(error) from error
     record = require_record(context.instance, AssetKey("ingested_dataset"), "ingest first")
     artifacts = store.get()
     dataset = artifacts.verify("datasets", record["dataset_key"], record["digest"])
     try:  # fail fast on a bad feature glob before any work
         select_features(name, dataset_info(dataset).features, candidate.features)
     except CandidateError as error:
-        raise Failure(str(error), allow_retries=False) from error
+        raise user_failure(error) from error
 
     key = model_memo_key(dataset.key, candidate, cfg)
     cached, miss_reason = artifacts.find("models", key)
-    memoized = cached is not None and not is_forced(context.run.tags, name)
+    forced = is_forced(context.run.tags, name)
+    memoized = cached is not None and not forced
     if memoized:
         assert cached is not None
         artifacts.touch("models", key)
         model = cached
+        reason = f"memo hit: model {key} already trained from this config and dataset"
         context.log.info(f"{name}: memo hit {key}; reusing the model, no training")
     else:
-        if cached is None and miss_reason and "missing" not in miss_reason:
+        damaged = cached is None and artifacts.path("models", key).exists()  # there, unverified
+        if damaged:
             context.log.warning(f"{name}: cached model unusable, retraining: {miss_reason}")
+        if forced:
+            reason = f"trained: forced by the {FORCE_TAG} tag"
+        elif damaged:
+            reason = f"trained: cached model unusable ({miss_reason})"
+        else:
+            reason = "trained: no cached model for this memo key"
         model = _train(context, artifacts, candidate, cfg, dataset, key)
+    # The artifact's training.json keeps full precision; the UI shows rounded figures.
     meta = read_training_meta(model)
     metadata: dict[str, Any] = {
-        "score": meta["score"],
-        "hit_at_1": meta["hit_at_1"],
-        **{k: meta[k] for k in ("macro_f1", "micro_f1") if k in meta},
-        "training_seconds": meta["training_seconds"],
+        "score": round(meta["score"], 4),
+        "hit_at_1": round(meta["hit_at_1"], 4),
+        **{k: round(meta[k], 4) for k in ("macro_f1", "micro_f1") if k in meta},
+        "training_seconds": round(meta["training_seconds"], 3),
         "rows": meta["rows"],
         "features": meta["features"],
         "params": MetadataValue.json(meta["params"]),
@@ -170,6 +181,7 @@ def trained_model(
         "digest": model.digest,
         "path": MetadataValue.path(str(model.path)),
         "memoized": memoized,
+        "reason": reason,
         "produced_by_run": meta["produced_by_run"],
     }
     return MaterializeResult(data_version=DataVersion(key), metadata=metadata)

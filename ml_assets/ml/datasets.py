@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ml_assets.errors import UserError
+
 EMBEDDED_SOURCES: Final = frozenset({"sklearn_digits"})
 ID_COLUMN: Final = "__id"
 TAG_PREFIX: Final = "__tag_"
@@ -29,7 +31,7 @@ _PARQUET_SUFFIXES: Final = frozenset({".parquet", ".pq"})
 Task = Literal["multiclass", "multilabel"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The source cannot be ingested; the message names the file, column or class."""
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import pandas as pd
 
+from ml_assets.errors import UserError
 from ml_assets.ml.datasets import Dataset, Task
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ MODEL_META: Final = "model.json"
 SKLEARN_FILE: Final = "model.joblib"
 
 
-class CandidateError(ValueError):
+class CandidateError(UserError):
     """One candidate cannot be trained; the message names the candidate."""
 
 

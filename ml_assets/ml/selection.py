@@ -20,7 +20,8 @@ class LeaderboardEntry:
     model_key: str | None = None
     model_digest: str | None = None
     model_type: str | None = None
-    note: str = ""
+    note: str = ""  # why it is not landed (the failed run's error, the invalid config), or ""
+    user_error: bool = False  # the note is a mistake in the candidate's config or data
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
