@@ -205,6 +205,10 @@ def parse_settings(raw: Any, path: Path) -> Settings:
         raise ConfigError(_format_errors(path, error)) from None
 
 
+def _reason(error: Exception) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Read and validate `ml_assets.yaml` (or `$ML_ASSETS_CONFIG`)."""
     path = path or default_config_path()
@@ -215,4 +219,6 @@ def load_settings(path: Path | None = None) -> Settings:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config file: {_reason(error)}") from None
     return parse_settings(raw, path)

@@ -15,10 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ml_assets.config import DatasetConfig, MemoizationConfig
-from ml_assets.ml.datasets import EMBEDDED_SOURCES, load_digits_frame, resolve_source_files
+from ml_assets.ml.datasets import (
+    EMBEDDED_SOURCES,
+    DatasetError,
+    load_digits_frame,
+    resolve_source_files,
+)
 from ml_assets.store import file_sha256
 
 SECONDS_PER_DAY: Final = 86_400.0
@@ -82,17 +88,27 @@ def fingerprint_source(
         embedded = hashlib.sha256(frame.to_numpy().tobytes()).hexdigest()
         return SourceFingerprint(source, [], len(frame), embedded, True)
     paths = resolve_source_files(source, base_dir)
-    files = []
-    for path in paths:
-        stat = path.stat()
-        files.append((str(path), stat.st_size, stat.st_mtime_ns))
-    records = sum(_count_records(p) for p in paths)
-    cheap = SourceFingerprint(source, files, records, "", False)
-    if previous is not None and not full_hash and previous[0] == cheap.cheap_key:
-        return SourceFingerprint(source, files, records, previous[1], False)
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(file_sha256(path).encode())
+    try:
+        files = []
+        for path in paths:
+            stat = path.stat()
+            files.append((str(path), stat.st_size, stat.st_mtime_ns))
+        records = sum(_count_records(p) for p in paths)
+        cheap = SourceFingerprint(source, files, records, "", False)
+        if previous is not None and not full_hash and previous[0] == cheap.cheap_key:
+            return SourceFingerprint(source, files, records, previous[1], False)
+        digest = hashlib.sha256()
+        for path in paths:
+            digest.update(file_sha256(path).encode())
+    except OSError as error:  # unreadable, or gone since the glob matched it
+        where = error.filename or source
+        raise DatasetError(
+            f"dataset.source {source!r}: cannot read {where}: {error.strerror or error}"
+        ) from None
+    except pa.ArrowException as error:  # the record count comes from a Parquet footer
+        raise DatasetError(
+            f"dataset.source {source!r}: not a readable Parquet file: {error}"
+        ) from None
     return SourceFingerprint(source, files, records, digest.hexdigest(), True)
 
 

@@ -232,3 +232,28 @@ def test_dev_reads_the_projects_dagster_yaml_and_holds_the_daemon_lock(tmp_path:
     output = log.read_text()
     assert "Found a dagster instance configuration" not in output, output
     assert f"http://127.0.0.1:{port}" in output
+
+
+def test_unreadable_and_corrupt_inputs_are_user_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_assets.config import ConfigError, load_settings
+    from ml_assets.errors import UserError
+    from ml_assets.memo import fingerprint_source
+
+    config = _project(tmp_path, [dict(FAST[0])])
+    (tmp_path / "videos.parquet").write_bytes(b"not parquet at all")
+    (tmp_path / "data.csv").write_text("a,label\n1,0\n")
+    with pytest.raises(UserError, match=r"videos\.parquet.*not a readable Parquet file"):
+        fingerprint_source("videos.parquet", tmp_path)
+
+    def _denied(self: Path, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    # Root reads any file whatever its mode, so the denial is simulated.
+    monkeypatch.setattr(Path, "read_text", _denied)
+    with pytest.raises(ConfigError, match=r"ml_assets\.yaml: cannot read the config file"):
+        load_settings(config)
+    monkeypatch.setattr(Path, "open", _denied)
+    with pytest.raises(UserError, match=r"cannot read .*data\.csv: Permission denied"):
+        fingerprint_source("data.csv", tmp_path)

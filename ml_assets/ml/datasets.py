@@ -121,6 +121,8 @@ def _read_file(path: Path) -> pd.DataFrame:
         return pq.read_table(path).to_pandas()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: malformed CSV: {error}") from None
+    except PermissionError as error:
+        raise DatasetError(f"{path}: cannot read the file: {error.strerror}") from None
     except (pa.ArrowException, OSError) as error:
         raise DatasetError(f"{path}: cannot read as Parquet: {error}") from None
 
