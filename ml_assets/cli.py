@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
@@ -113,7 +114,7 @@ def _run_async(
     from ml_assets.lineage import latest_record
     from ml_assets.planning import plan_training, serving_is_current
     from ml_assets.resources import ArtifactStoreResource
-    from ml_assets.runner import dagster_daemon
+    from ml_assets.runner import daemon_on_instance, dagster_daemon
     from ml_assets.runs import in_flight
     from ml_assets.settle import Watchdog
 
@@ -149,6 +150,13 @@ def _run_async(
             if not isinstance(daemon, str) and (exit_code := daemon.exit_code()) is not None:
                 print(f"error: the daemon exited ({exit_code}); see {log}", file=sys.stderr)
                 return 1
+            if isinstance(daemon, str) and not daemon_on_instance(home, instance):
+                # The daemon of another `ml-assets run` or `ml-assets dev` that this one used.
+                print(
+                    f"error: the daemon this command used ({daemon}) stopped; run again",
+                    file=sys.stderr,
+                )
+                return 1
             aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
             if first_prediction is None and aggregated is not None and aggregated != before:
                 first_prediction = time.perf_counter() - started
@@ -162,7 +170,7 @@ def _run_async(
                 # and serving runs need more while anything is queued or running.
                 continue
             plan = plan_training(instance, settings, store)
-            pending = _pending(instance, plan, settings, started_wall)
+            pending = _pending(instance, plan, settings)
             if plan.dataset_key is None:
                 waiting, sensor = "the first ingestion", "dataset_sensor"
             elif pending:
@@ -192,16 +200,20 @@ def _run_async(
 
 def _serving_outcome(instance: DagsterInstance, started_wall: float, served_here: bool) -> str:
     """With training settled and serving not current: "serve here" when no sensor will launch
-    serving (nothing landed during this command), the failure of the serving run that saw every
-    landed model, or "" while `model_landed_sensor` still has to launch one."""
+    serving (nothing landed during this command, and `model_landed_sensor` has looked since
+    and launched nothing), the failure of the serving run that saw every landed model, or ""
+    while `model_landed_sensor` still has to launch one."""
     from ml_assets.runs import run_failure
-    from ml_assets.settle import last_landing, latest_run
+    from ml_assets.settle import last_landing, latest_run, sensor_ticks_after
 
     serve = latest_run(instance, "serve_job")
     landed = last_landing(instance)
     nothing_new = landed < started_wall and (serve is None or serve.created < started_wall)
-    if not served_here and nothing_new:
-        # model_landed_sensor reacts to landings; none happened since this command started.
+    if (
+        not served_here
+        and nothing_new
+        and sensor_ticks_after(instance, "model_landed_sensor", started_wall)
+    ):
         return "serve here"
     if serve is not None and serve.created >= landed and serve.status.value == "FAILURE":
         failure = run_failure(instance, serve.run_id).message
@@ -231,42 +243,25 @@ def _up_to_date(settings: Settings) -> bool:
     store = ArtifactStoreResource().get()
     with DagsterInstance.get() as instance:
         plan = plan_training(instance, settings, store)
-        pending = _pending(instance, plan, settings, time.time())
+        pending = _pending(instance, plan, settings)
         return not pending and serving_is_current(instance, settings, store)
 
 
-def _pending(
-    instance: DagsterInstance, plan: TrainingPlan, settings: Settings, started_wall: float
-) -> list[str]:
-    """Candidates the sensor will still train: not failed since this command started, and not
-    given up on after `retries.max_retries` failed runs."""
+def _pending(instance: DagsterInstance, plan: TrainingPlan, settings: Settings) -> list[str]:
+    """Candidates `candidates_sensor` will still train (the same rule: `training_attempt`):
+    a failed run is retried up to `retries.max_retries` times, unless it failed on the
+    candidate's own mistake."""
     from ml_assets.planning import training_attempt
 
-    failed = _failed_since(instance, started_wall)
+    if plan.dataset_key is None:
+        return []
     return [
         c.name
         for c in plan.to_train
-        if c.name not in failed
-        and plan.dataset_key is not None
-        and not training_attempt(instance, c, plan.dataset_key).given_up(
+        if not training_attempt(instance, c, plan.dataset_key).given_up(
             settings.retries.max_retries
         )
     ]
-
-
-def _failed_since(instance: DagsterInstance, started_wall: float) -> set[str]:
-    """Candidates whose training run since `started_wall` failed."""
-    from dagster import DagsterRunStatus, RunsFilter
-
-    records = instance.get_run_records(
-        RunsFilter(job_name="train_job", statuses=[DagsterRunStatus.FAILURE]),
-        limit=500,
-    )
-    return {
-        r.dagster_run.tags.get("dagster/partition", "")
-        for r in records
-        if r.create_timestamp.timestamp() >= started_wall
-    }
 
 
 def _apply_pool_limits(settings: Settings, training_slots: int | None = None) -> None:
@@ -381,7 +376,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 1
     assert lock.fd is not None
     os.set_inheritable(lock.fd, True)  # `dagster dev` holds it from here on, as long as it runs
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which(
+        "dagster"
+    )
+    if dagster is None:
+        print("error: the `dagster` command is not installed next to this Python")
+        return 1
     command = dev_command(dagster, args.host, args.port, workspace_file(home, Path.cwd()))
     # From DAGSTER_HOME, whose dagster.yaml is the project's own (a symlink): `dagster dev`
     # reads the instance there and finds no other dagster.yaml in its working directory.
@@ -405,6 +405,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-assets", description=__doc__)
     parser.add_argument(
@@ -412,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help=cmd_run.__doc__)
-    run.add_argument("--max-concurrent", type=int, default=None, help="training runs at once")
+    run.add_argument(
+        "--max-concurrent", type=_positive_int, default=None, help="training runs at once"
+    )
     run.add_argument(
         "--mode",
         choices=["async", "sync"],
@@ -455,10 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster's beta/preview notices are for library authors, not for people running the workflow.
     warnings.filterwarnings("ignore", message=".*(beta|preview|deprecated).*")
     args = build_parser().parse_args(argv)
+    # `kill` or a closed terminal unwinds like Ctrl-C, so a daemon this command started is
+    # stopped (and its lock released) rather than left running without anyone to stop it.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from ml_assets.assets.training import model_memo_key
 from ml_assets.config import CandidateConfig, Settings
 from ml_assets.lineage import latest_record
 from ml_assets.ml.models import CandidateError, validate_candidate
+from ml_assets.runs import run_failure
 from ml_assets.store import ArtifactError, ArtifactStore
 
 ATTEMPT_TAG: Final = "ml_assets/attempt_of"  # groups the runs that try one config on one dataset
@@ -23,8 +24,9 @@ class TrainingAttempt:
     """Where training one candidate stands, for `candidates_sensor` and `ml-assets run` alike."""
 
     group: str  # the candidate's config and the dataset: the runs that try the same thing
-    failures: int  # failed runs of that group so far
+    failures: int  # failed or canceled runs of that group so far
     landed: int  # storage id of the partition's latest materialization (0: none)
+    user_error: bool = False  # the last failure was the candidate's own mistake
 
     @property
     def run_key(self) -> str:
@@ -33,21 +35,27 @@ class TrainingAttempt:
         return f"{self.group}:{self.landed}:{self.failures}"
 
     def given_up(self, max_retries: int) -> bool:
-        return self.failures > max_retries
+        """No more runs: retried `max_retries` times, or failed on a mistake that a retry
+        cannot fix (bad hyperparameter values; a config edit makes a new group)."""
+        return self.user_error or self.failures > max_retries
 
 
 def training_attempt(
     instance: DagsterInstance, candidate: CandidateConfig, dataset_key: str
 ) -> TrainingAttempt:
     group = f"train:{candidate.name}:{candidate.config_hash()}:{dataset_key}"
-    failures = instance.get_runs_count(
-        RunsFilter(tags={ATTEMPT_TAG: group}, statuses=[DagsterRunStatus.FAILURE])
-    )
+    # Canceled counts too: its run key is used, so Dagster would skip asking again with it.
+    ended = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+    failures = instance.get_runs_count(RunsFilter(tags={ATTEMPT_TAG: group}, statuses=ended))
+    user_error = False
+    if failures:
+        last = instance.get_run_records(RunsFilter(tags={ATTEMPT_TAG: group}, statuses=ended), 1)
+        user_error = run_failure(instance, last[0].dagster_run.run_id).user_error
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("trained_model"), asset_partitions=[candidate.name]),
         limit=1,
     ).records
-    return TrainingAttempt(group, failures, records[0].storage_id if records else 0)
+    return TrainingAttempt(group, failures, records[0].storage_id if records else 0, user_error)
 
 
 @dataclass(frozen=True)

@@ -253,16 +253,26 @@ class DaemonLock:
             os.close(fd)
             return False
         self.fd = fd
-        released = self.state().get("released_at")
+        previous = self.state()
+        released = previous.get("released_at")
+        if previous.get("holder"):
+            # The last holder never released: it died, or exec'd into `dagster dev` that has
+            # since stopped. Its daemon died with it (the lock was free), so every heartbeat
+            # until now is a dead daemon's.
+            released = time.time()
         self._write({"holder": holder, "pid": os.getpid(), "released_at": released})
         return True
 
+    def note_daemon(self, pid: int) -> None:
+        """Record the daemon's pid next to its holder's (what `ml-assets dev` shows)."""
+        self._write({**self.state(), "daemon_pid": pid})
+
     def release(self, daemon_stopped: bool) -> None:
-        """Unlock; with `daemon_stopped`, first record when (its heartbeats were until then)."""
+        """Unlock; with `daemon_stopped`, record when (its heartbeats were until then)."""
         if self.fd is None:
             return
-        if daemon_stopped:
-            self._write({"released_at": time.time()})
+        released = time.time() if daemon_stopped else self.state().get("released_at")
+        self._write({"released_at": released})
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
@@ -310,7 +320,8 @@ def daemon_on_instance(
     lock = lock or DaemonLock(home)
     state = lock.state()
     if lock.held_elsewhere():
-        return f"{state.get('holder', 'ml-assets')} (pid {state.get('pid', '?')})"
+        daemon = f", daemon pid {state['daemon_pid']}" if state.get("daemon_pid") else ""
+        return f"{state.get('holder', 'ml-assets')} (pid {state.get('pid', '?')}{daemon})"
     heartbeat = instance.get_daemon_heartbeats().get("SENSOR")
     if heartbeat is None:
         return ""
@@ -350,6 +361,7 @@ class Daemon:
                     start_new_session=True,
                     pass_fds=(self._lock_file.fd,),
                 )
+            self._lock_file.note_daemon(self.process.pid)
 
     def exit_code(self) -> int | None:
         """The exit code once the daemon has exited; None while it runs or before it starts."""

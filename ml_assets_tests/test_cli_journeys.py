@@ -119,8 +119,9 @@ def test_a_daemon_that_never_acts_fails_the_wait_fast_naming_what_it_waited_for(
     config = _project(tmp_path, [dict(FAST[0])])
     (tmp_path / "home" / "dagster").mkdir(parents=True)
     with _instance(tmp_path) as instance:
-        # A daemon started by hand, as far as the instance can tell, that will never tick.
-        add_sensor_heartbeat(instance, time.time())
+        # A daemon started by hand, as far as the instance can tell, that will never tick
+        # (its heartbeat a minute ahead, so it still looks fresh however slow the start).
+        add_sensor_heartbeat(instance, time.time() + 60)
     result = _cli(["run", "--stall-timeout", "10", "--timeout", "300"], tmp_path, config)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "using it" in result.stdout
@@ -165,7 +166,6 @@ def test_why_a_candidate_did_not_land_is_shown_everywhere(tmp_path: Path) -> Non
             {"name": "typo_model", "model": "xgboostt"},
             {"name": "bad_forest", "model": "random_forest", "params": {"n_estimators": -5}},
         ],
-        retries={"max_retries": 0, "delay_seconds": 0},
     )
     result = _cli(["run", "--timeout", "300"], tmp_path, config)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -184,6 +184,8 @@ def test_why_a_candidate_did_not_land_is_shown_everywhere(tmp_path: Path) -> Non
     notes = {e["name"]: e["note"] for e in json.loads(status.stdout)["leaderboard"]}
     assert typo in notes["typo_model"] and negative in notes["bad_forest"]
     with _instance(tmp_path) as instance:
+        # A retry cannot fix a bad value: tried once, though `retries.max_retries` is 2.
+        assert _trained_since(instance, 0.0).count("bad_forest") == 1
         board = latest_record(instance, AssetKey("model_selection"))
         assert board is not None
         assert typo in board["leaderboard"] and negative in board["leaderboard"]

@@ -102,6 +102,19 @@ def test_the_last_heartbeat_of_a_stopped_daemon_is_not_a_live_daemon(tmp_path: P
         assert "not started by ml-assets" in daemon_on_instance(tmp_path, instance)
 
 
+def test_a_holder_that_died_without_releasing_leaves_no_live_daemon(tmp_path: Path) -> None:
+    """`ml-assets dev` exec's into `dagster dev` and never releases; a killed `ml-assets run`
+    cannot. The next command must not take their daemon's last heartbeat for a live daemon."""
+    with instance_for_test() as instance:
+        with _lock_held_by_another_process(tmp_path):
+            add_sensor_heartbeat(instance, time.time())
+        lock = DaemonLock(tmp_path)
+        assert lock.acquire("ml-assets run")
+        assert daemon_on_instance(tmp_path, instance, lock) == ""
+        lock.release(daemon_stopped=False)
+        assert daemon_on_instance(tmp_path, instance) == ""
+
+
 def test_a_killed_but_unreaped_process_is_gone() -> None:
     """A SIGKILLed run process whose parent has not reaped it (a zombie) still answers
     kill(pid, 0), with its start time, yet executes nothing: its run must be reaped."""
@@ -181,6 +194,11 @@ def test_the_watchdog_names_what_it_waited_for_when_nothing_moves(
     assert "training of knn" in stall and "candidates_sensor did not evaluate" in stall
 
     patient = Watchdog(instance, stall_seconds=3600.0)
+    before = patient.last_progress
+    wait_for(lambda: True if time.time() > before else None, timeout=10, what="time")
+    patient.observe()
+    assert patient.last_progress == before  # nothing happened
     instance.add_run(DagsterRun(job_name="train_job", run_id=str(uuid.uuid4())))
     patient.observe()  # a new run is progress
+    assert patient.last_progress > before
     assert patient.stalled("training of knn", "candidates_sensor") is None

@@ -28,7 +28,7 @@ from ml_assets.config import load_settings
 from ml_assets.lineage import latest_record
 from ml_assets.ml.datasets import load_digits_frame
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
-from ml_assets.planning import TrainingPlan, plan_training
+from ml_assets.planning import ATTEMPT_TAG, TrainingPlan, plan_training, training_attempt
 from ml_assets.runs import PROCESS_TAG, process_tag
 from ml_assets.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
 from ml_assets_tests.conftest import Project
@@ -442,3 +442,25 @@ def test_a_damaged_model_is_requested_again_under_a_new_run_key(small: Project) 
     _damage_models(small)
     third = {r.partition_key: r.run_key for r in _result(small, candidates_sensor).run_requests}
     assert third["knn"] not in {first["knn"], second["knn"]}
+
+
+def test_a_canceled_training_run_is_requested_again_under_a_new_key(small: Project) -> None:
+    """Dagster skips a run key it has seen, whatever that run's status: a canceled run must
+    count as an attempt, or its candidate would never be requested again."""
+    assert small.run("ingest_job").success
+    small.sync()
+    cfg = load_settings(small.config_path)
+    knn = cfg.candidate("knn")
+    dataset_key = latest_record(small.instance, AssetKey("ingested_dataset"))["dataset_key"]
+    first = training_attempt(small.instance, knn, dataset_key)
+    small.instance.add_run(
+        DagsterRun(
+            job_name="train_job",
+            run_id=str(uuid.uuid4()),
+            status=DagsterRunStatus.CANCELED,
+            tags={ATTEMPT_TAG: first.group, "dagster/partition": "knn"},
+        )
+    )
+    second = training_attempt(small.instance, knn, dataset_key)
+    assert second.failures == 1 and second.run_key != first.run_key
+    assert not second.given_up(cfg.retries.max_retries)
