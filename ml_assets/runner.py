@@ -32,6 +32,7 @@ from dagster import (
 from ml_assets.config import default_home
 from ml_assets.runs import (
     PROCESS_TAG,
+    fail_dead_run,
     is_user_error,
     process_tag,
     step_failure_text,
@@ -170,7 +171,7 @@ def _mark_dead_run(job: str, partition: str, launch: str, exitcode: int | None) 
         for record in instance.get_run_records(RunsFilter(tags={LAUNCH_TAG: launch}), limit=1):
             run_id = record.dagster_run.run_id
             if not record.dagster_run.is_finished:
-                instance.report_run_failed(record.dagster_run, reason)
+                fail_dead_run(instance, record.dagster_run, reason)
     return RunOutcome(job, partition, run_id, False, reason)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from ml_assets.errors import USER_ERROR_METADATA
 
@@ -94,6 +94,15 @@ def in_flight(
     return [r.dagster_run.run_id for r in records if not process_gone(r.dagster_run.tags)]
 
 
+def fail_dead_run(instance: DagsterInstance, run: DagsterRun, reason: str) -> None:
+    """Mark failed a run whose process died, and give back its steps' pool slots: Dagster
+    frees a slot when its step ends, which a killed step never does, so the pool would
+    otherwise shrink by one with every kill."""
+    instance.report_run_failed(run, reason)
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+
+
 def reap_dead_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed every in-progress run whose executing process on this host is gone (a killed
     `ml-assets run`), and free its pool slots, so nothing waits on it and the cache GC stops
@@ -103,13 +112,9 @@ def reap_dead_runs(instance: DagsterInstance) -> list[str]:
         run = record.dagster_run
         if process_gone(run.tags):
             host_pid = run.tags[PROCESS_TAG]
-            instance.report_run_failed(
-                run, f"the process that executed this run ({host_pid}) is gone: killed?"
+            fail_dead_run(
+                instance, run, f"the process that executed this run ({host_pid}) is gone: killed?"
             )
-            # A killed step never gives back its pool slot (Dagster frees slots at step end),
-            # so the pool would shrink by one with every kill.
-            if instance.event_log_storage.supports_global_concurrency_limits:
-                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             reaped.append(run.run_id)
     return reaped
 

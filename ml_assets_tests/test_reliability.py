@@ -278,6 +278,9 @@ def test_sigkill_of_one_training_process_fails_only_that_run_and_serving_goes_on
                 output = (tmp_path / "run.log").read_text()
                 assert "FAILED: the run's process died (killed by SIGKILL)" in output
                 assert "Traceback" not in output
+                # The killed step's training slot was given back with its run's failure.
+                training = instance.event_log_storage.get_concurrency_info("training")
+                assert training.claimed_slots == [], training.claimed_slots
                 run = instance.get_run_by_id(run_id)
                 assert run is not None and run.status == DagsterRunStatus.FAILURE
                 assert latest_record(instance, AssetKey("trained_model"), "slow_trees") is None

@@ -58,7 +58,11 @@ def leaderboard(
         name = candidate.name
         status = statuses.get(name)
         record = latest_record(instance, trained_model.key, name)
-        failure = _last_failure(instance, name) if status == AssetPartitionStatus.FAILED else None
+        # From the partition's latest run, not the partition status: Dagster's status cache
+        # may not show FAILED yet when the run's failure is already recorded.
+        failure = (
+            None if status == AssetPartitionStatus.IN_PROGRESS else _last_failure(instance, name)
+        )
         if record is None:
             if status == AssetPartitionStatus.IN_PROGRESS:
                 entries.append(LeaderboardEntry(name, "running"))
