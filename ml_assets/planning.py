@@ -4,6 +4,7 @@ Launch-level skipping lives here: a step whose inputs' versions are unchanged ge
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -16,6 +17,7 @@ from ml_assets.ml.models import CandidateError, validate_candidate
 from ml_assets.runs import run_failure
 from ml_assets.store import ArtifactError, ArtifactStore
 
+PARTITION_TAG: Final = "dagster/partition"
 ATTEMPT_TAG: Final = "ml_assets/attempt_of"  # groups the runs that try one config on one dataset
 
 
@@ -103,11 +105,33 @@ def plan_training(
     return TrainingPlan(to_train, up_to_date, invalid, dataset_key)
 
 
+def failed_since_selection(instance: DagsterInstance, settings: Settings) -> list[str]:
+    """Ids of the configured candidates' training runs that failed after the latest selection:
+    its leaderboard still shows them as running, without the reason they failed."""
+    selection = latest_record(instance, AssetKey("model_selection"))
+    if selection is None:
+        return []
+    names = {c.name for c in settings.candidates}
+    records = instance.get_run_records(
+        RunsFilter(
+            statuses=[DagsterRunStatus.FAILURE],
+            updated_after=datetime.fromtimestamp(selection.timestamp, tz=UTC),
+        ),
+        limit=100,
+    )
+    return sorted(
+        r.dagster_run.run_id for r in records if r.dagster_run.tags.get(PARTITION_TAG) in names
+    )
+
+
 def serving_is_current(instance: DagsterInstance, settings: Settings, store: ArtifactStore) -> bool:
-    """True when the aggregated predictions come from a selection that saw every landed model."""
+    """True when the aggregated predictions come from a selection that saw every landed model
+    and every failed training run (so its leaderboard says why a candidate did not land)."""
     selection_record = latest_record(instance, AssetKey("model_selection"))
     aggregated = latest_record(instance, AssetKey("aggregated_predictions"))
     if selection_record is None or aggregated is None:
+        return False
+    if failed_since_selection(instance, settings):
         return False
     if aggregated["selection_key"] != selection_record["selection_key"]:
         return False

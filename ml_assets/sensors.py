@@ -1,5 +1,6 @@
 """Sensors: keep partitions in step with the config, and serve as each model lands."""
 
+import hashlib
 from typing import Final
 
 from dagster import (
@@ -20,7 +21,13 @@ from ml_assets.config import ConfigError, load_settings
 from ml_assets.lineage import latest_record
 from ml_assets.memo import IngestionState, dataset_config_hash
 from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
-from ml_assets.planning import ATTEMPT_TAG, plan_training, serving_is_current, training_attempt
+from ml_assets.planning import (
+    ATTEMPT_TAG,
+    failed_since_selection,
+    plan_training,
+    serving_is_current,
+    training_attempt,
+)
 from ml_assets.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.runs import in_flight, reap_dead_runs
 from ml_assets.tags import DATASET_TAG
@@ -99,6 +106,10 @@ def candidates_sensor(
     )
 
 
+def _digest(run_ids: list[str]) -> str:
+    return hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:16]
+
+
 @sensor(
     name="dead_runs_sensor",
     minimum_interval_seconds=DEAD_RUNS_INTERVAL_SECONDS,
@@ -166,14 +177,17 @@ def model_landed_sensor(
         limit=_MAX_EVENTS_PER_TICK,
         ascending=True,
     ).records
-    if not records:
-        return SkipReason("no model landed since the last tick")
-    newest = max(r.storage_id for r in records)
-    landed = sorted({r.partition_key or "" for r in records})
     try:
         cfg = load_settings(settings.path())
     except ConfigError as error:
         return SkipReason(f"config invalid; serving left as it is: {error}")
+    # A training run that failed after the latest selection: select again, so the leaderboard
+    # says why that candidate did not land (the serving steps reuse their cached outputs).
+    failed = [] if records else failed_since_selection(context.instance, cfg)
+    if not records and not failed:
+        return SkipReason("no model landed since the last tick")
+    newest = max((r.storage_id for r in records), default=cursor)
+    landed = sorted({r.partition_key or "" for r in records}) or ["(none: training failed)"]
     if serving_is_current(context.instance, cfg, store.get()):
         return SensorResult(
             cursor=str(newest), skip_reason=f"{landed} landed; serving already has these models"
@@ -189,7 +203,7 @@ def model_landed_sensor(
             cursor=str(newest), skip_reason=f"{landed} landed; a queued serving run will take them"
         )
     run = RunRequest(
-        run_key=f"serve:{newest}",
+        run_key=f"serve:{newest}" + (f":failed:{_digest(failed)}" if failed else ""),
         tags={"ml_assets/landed": ",".join(landed)[:250]},
     )
     return SensorResult(run_requests=[run], cursor=str(newest))

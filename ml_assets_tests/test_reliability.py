@@ -257,15 +257,15 @@ def test_sigkill_of_one_training_process_fails_only_that_run_and_serving_goes_on
     with (tmp_path / "run.log").open("w") as log:
         process = start_cli(["run", "--mode", "sync", "--max-concurrent", "2"], home, config, log)
         try:
-            instance = wait_for(
-                lambda: (
-                    DagsterInstance.from_config(str(home / "dagster"))
-                    if (home / "dagster" / "dagster.yaml").is_file()
-                    else None
-                ),
-                timeout=60,
-                what="the instance",
+            # Open the instance only once the CLI has created its storage (it prints the
+            # candidates it added after that): two processes creating one fresh SQLite schema
+            # at once can fail ("table alembic_version already exists").
+            wait_for(
+                lambda: True if "candidates: +" in (tmp_path / "run.log").read_text() else None,
+                timeout=120,
+                what="the CLI to create the instance",
             )
+            instance = DagsterInstance.from_config(str(home / "dagster"))
             with instance:
                 run_id, pid = wait_for(
                     lambda: _training_run_mid_step(instance, "slow_trees"),

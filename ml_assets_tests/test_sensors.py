@@ -464,3 +464,27 @@ def test_a_canceled_training_run_is_requested_again_under_a_new_key(small: Proje
     second = training_attempt(small.instance, knn, dataset_key)
     assert second.failures == 1 and second.run_key != first.run_key
     assert not second.given_up(cfg.retries.max_retries)
+
+
+def test_a_training_failure_after_the_selection_is_selected_again_with_its_reason(
+    small: Project,
+) -> None:
+    """A candidate that fails after the latest selection must not stay 'running' in the
+    leaderboard: model_landed_sensor asks for a new selection, which says why it failed."""
+    assert small.run("ingest_job").success
+    assert all(small.train_all().values())
+    assert small.run("serve_job").success
+    newest = small.instance.fetch_materializations(AssetKey("trained_model"), limit=1).records
+    cursor = str(newest[0].storage_id)
+    assert "no model landed" in _skip_message(_tick(small, model_landed_sensor, cursor))
+
+    broken = [dict(c) for c in CANDIDATES]
+    broken[0] = {**broken[0], "params": {"n_neighbors": -1}}
+    small.write_config(candidates=broken)
+    assert not small.run("train_job", "knn").success
+    requests = _result(small, model_landed_sensor, cursor).run_requests
+    assert len(requests) == 1
+    assert small.run("serve_job").success
+    board = latest_record(small.instance, AssetKey("model_selection"))["leaderboard"]
+    assert "retraining failed" in board and "n_neighbors" in board
+    assert "no model landed" in _skip_message(_tick(small, model_landed_sensor, cursor))
