@@ -112,10 +112,14 @@ def failed_since_selection(instance: DagsterInstance, settings: Settings) -> lis
     if selection is None:
         return []
     names = {c.name for c in settings.candidates}
+    # From when the selecting run started, not when it materialized: the leaderboard was read
+    # in between, so a failure recorded meanwhile may be missing from it.
+    run = instance.get_run_record_by_id(selection.run_id)
+    seen_at = run.start_time if run is not None and run.start_time else selection.timestamp
     records = instance.get_run_records(
         RunsFilter(
             statuses=[DagsterRunStatus.FAILURE],
-            updated_after=datetime.fromtimestamp(selection.timestamp, tz=UTC),
+            updated_after=datetime.fromtimestamp(seen_at, tz=UTC),
         ),
         limit=100,
     )
