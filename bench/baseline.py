@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml_assets.config import load_settings
+from ml_assets.core.config import load_settings
 from ml_assets.ml.aggregate import aggregate
 from ml_assets.ml.datasets import PARTS, clean, read_source, split, write_parquet
 from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
 from ml_assets.ml.models import CandidateError, TrainedModel, save_model, train_candidate
-from ml_assets.ml.selection import LeaderboardEntry, select_top_k
+from ml_assets.ml.ranking import LeaderboardEntry, select_top_k
 
 
 def run(config: Path, out: Path) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.benchmarks import BENCHMARKS, Result
 from bench.harness import MEDIUM, QUICK, RESULTS, WORK, Context, Sizes, machine
-from bench.suite import BENCHMARKS, Result
 from bench.workloads import DIGITS_CANDIDATES, VIDEO_CANDIDATES, video_source
 
 

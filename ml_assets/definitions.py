@@ -4,21 +4,23 @@ from collections.abc import Mapping
 
 from dagster import AssetSpec, Definitions, in_process_executor
 
-from ml_assets.assets.ingestion import freshness_policy, ingested_dataset, raw_dataset
-from ml_assets.assets.selection import model_selection
-from ml_assets.assets.serving import build_aggregation_asset, build_prediction_asset, prediction_key
-from ml_assets.assets.training import trained_model
-from ml_assets.checks import (
+from ml_assets.core.config import ConfigError, Settings, load_settings
+from ml_assets.core.names import prediction_key
+from ml_assets.defs.assets.ingestion import freshness_policy, ingested_dataset, raw_dataset
+from ml_assets.defs.assets.selection import model_selection
+from ml_assets.defs.assets.serving import build_aggregation_asset, build_prediction_asset
+from ml_assets.defs.assets.training import trained_model
+from ml_assets.defs.checks import (
     build_prediction_checks,
     dataset_schema_and_rows,
     selected_models_meet_bar,
 )
-from ml_assets.config import ConfigError, Settings, load_settings
-from ml_assets.gc import cache_gc_job
-from ml_assets.jobs import build_jobs
-from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
-from ml_assets.schedules import build_schedules
-from ml_assets.sensors import (
+from ml_assets.defs.gc import cache_gc_job
+from ml_assets.defs.io_manager import RecordedArtifactIOManager
+from ml_assets.defs.jobs import build_jobs
+from ml_assets.defs.resources import ArtifactStoreResource, ClockResource, SettingsResource
+from ml_assets.defs.schedules import build_schedules
+from ml_assets.defs.sensors import (
     candidates_sensor,
     dataset_sensor,
     dead_runs_sensor,
@@ -35,6 +37,21 @@ def _settings_for_shape(settings: Settings | None) -> Settings:
         return load_settings()
     except ConfigError:
         return Settings.model_validate({"candidates": [{"name": "placeholder", "model": "knn"}]})
+
+
+def _resources(given: Mapping[str, object] | None) -> dict[str, object]:
+    """The settings, store and clock (defaults unless given), and the IO manager that loads
+    each step's upstream artifact from that same store."""
+    resources: dict[str, object] = {
+        "settings": SettingsResource(),
+        "store": ArtifactStoreResource(),
+        "clock": ClockResource(),
+        **(given or {}),
+    }
+    store = resources["store"]
+    assert isinstance(store, ArtifactStoreResource)
+    resources.setdefault("io_manager", RecordedArtifactIOManager(store=store))
+    return resources
 
 
 def build_definitions(
@@ -67,13 +84,7 @@ def build_definitions(
         jobs=[*build_jobs(shape.retries), cache_gc_job],
         sensors=[dataset_sensor, candidates_sensor, model_landed_sensor, dead_runs_sensor],
         schedules=build_schedules(shape),
-        resources=dict(resources)
-        if resources
-        else {
-            "settings": SettingsResource(),
-            "store": ArtifactStoreResource(),
-            "clock": ClockResource(),
-        },
+        resources=_resources(resources),
         executor=in_process_executor,
     )
 

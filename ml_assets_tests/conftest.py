@@ -13,11 +13,11 @@ import pytest
 import yaml
 from dagster import DagsterInstance, Definitions, instance_for_test
 
-from ml_assets.config import load_settings
+from ml_assets.core.config import load_settings
 from ml_assets.definitions import build_definitions
-from ml_assets.partitions import sync_candidate_partitions
-from ml_assets.resources import ArtifactStoreResource, ClockResource, SettingsResource
-from ml_assets.store import ArtifactStore
+from ml_assets.defs.resources import ArtifactStoreResource, ClockResource, SettingsResource
+from ml_assets.state.partitions import sync_candidate_partitions
+from ml_assets.storage.store import ArtifactStore
 
 # Quick candidates for digits: four clear the 0.90 bar, one does not.
 FAST_CANDIDATES: list[dict[str, Any]] = [

@@ -1,4 +1,5 @@
-"""Helpers for the fault-injection tests: real `ml-assets` processes and store invariants."""
+"""Helpers for the fault-injection tests (`test_faults_*.py`): real `ml-assets` processes,
+store invariants, and the small project, records and failures several of them share."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from dagster import DagsterInstance
+import yaml
+from dagster import AssetKey, DagsterInstance
 
-from ml_assets.store import KINDS, ArtifactStore
-from ml_assets_tests.conftest import Project
+from ml_assets.state.records import Record, latest_record
+from ml_assets.state.runs import failure_text
+from ml_assets.storage.store import KINDS, ArtifactStore
+from ml_assets_tests.conftest import Project, write_csv_source
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -97,7 +101,7 @@ def assert_every_visible_artifact_verifies(store: ArtifactStore) -> set[tuple[st
 
 _RUN_JOB = """
 import json, sys
-from ml_assets.runner import prepare_home, run_job
+from ml_assets.cli.local import prepare_home, run_job
 prepare_home()
 outcome = run_job(sys.argv[1], sys.argv[2] or None)
 print("OUTCOME " + json.dumps({"success": outcome.success, "error": outcome.error}))
@@ -129,3 +133,93 @@ def project_home(home: Path, config: dict[str, Any]) -> Iterator[Project]:
         project = Project(root=home, instance=instance, config=config)
         project.write_config()
         yield project
+
+
+# --- the small project, its records and failures (shared by the test_faults_* modules) ----
+
+DAY = 86_400.0
+FAST: list[dict[str, Any]] = [
+    {"name": "lr", "model": "logistic_regression"},
+    {"name": "nb", "model": "gaussian_nb"},
+    {"name": "knn", "model": "knn", "params": {"n_neighbors": 5}},
+]
+RECORDED = [
+    "ingested_dataset",
+    "model_selection",
+    "predictions_rank_1",
+    "predictions_rank_2",
+    "aggregated_predictions",
+]
+
+
+def _small(project: Project, *, retries: int = 0, **changes: Any) -> Path:
+    """Three quick candidates on a 300-row CSV (bar 0.5, top 2); retries without delay."""
+    source = write_csv_source(project.root / "data.csv", 300)
+    project.write_config(
+        dataset={"source": "data.csv"},
+        selection={"top_k": 2, "min_score": 0.5},
+        retries={"max_retries": retries, "delay_seconds": 0},
+        candidates=[dict(c) for c in FAST],
+        **changes,
+    )
+    return source
+
+
+def _record(instance: DagsterInstance, key: str, partition: str | None = None) -> Record:
+    record = latest_record(instance, AssetKey(key), partition)
+    assert record is not None, f"{key}[{partition}] was never materialized"
+    return record
+
+
+def _message(result: Any) -> str:
+    """The failure as `ml-assets run` prints it (the retried error first, not Dagster's note)."""
+    return "\n".join(
+        failure_text(e.step_failure_data.error)
+        for e in result.get_step_failure_events()
+        if e.step_failure_data.error
+    )
+
+
+def _snapshot(instance: DagsterInstance) -> dict[str, tuple[str, Any]]:
+    """Which run produced each served asset's latest record, and the artifact digest."""
+    return {
+        key: (record.run_id, record.get("digest"))
+        for key in RECORDED
+        if (record := latest_record(instance, AssetKey(key))) is not None
+    }
+
+
+_ARTIFACT_OF = {
+    "ingested_dataset": ("datasets", "dataset_key"),
+    "model_selection": ("selections", "selection_key"),
+    "predictions_rank_1": ("predictions", "predictions_key"),
+    "predictions_rank_2": ("predictions", "predictions_key"),
+    "aggregated_predictions": ("aggregated", "aggregated_key"),
+}
+
+
+def _served(instance: DagsterInstance) -> list[Record]:
+    return [_record(instance, key) for key in RECORDED]
+
+
+def _assert_artifacts_verify(store: ArtifactStore, records: list[Record]) -> None:
+    """Each recorded artifact (dataset, selection, predictions, aggregation) matches its digest."""
+    for key, record in zip(RECORDED, records, strict=True):
+        kind, field = _ARTIFACT_OF[key]
+        if field in record.metadata:  # a rank the selection left empty has no artifact
+            store.verify(kind, record[field], record["digest"])
+
+
+def _assert_serving_intact(instance: DagsterInstance, store: ArtifactStore) -> None:
+    """The latest records all verify, and the aggregation comes from the latest selection."""
+    _assert_artifacts_verify(store, _served(instance))
+    aggregated = _record(instance, "aggregated_predictions")
+    assert aggregated["selection_key"] == _record(instance, "model_selection")["selection_key"]
+
+
+def _write_config(path: Path, body: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(body))
+
+
+def _model_file(path: Path) -> Path:
+    return path / "model.joblib"

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, RunsFilter
 
-from ml_assets.lineage import latest_record
-from ml_assets.runner import daemon_on_instance
-from ml_assets.store import ArtifactStore
+from ml_assets.cli.daemon import daemon_on_instance
+from ml_assets.state.records import latest_record
+from ml_assets.storage.store import ArtifactStore
 from ml_assets_tests.faults import REPO, cli_env, wait_for
 from ml_assets_tests.test_daemon_liveness import add_sensor_heartbeat
 
@@ -239,9 +239,9 @@ def test_dev_reads_the_projects_dagster_yaml_and_holds_the_daemon_lock(tmp_path:
 def test_unreadable_and_corrupt_inputs_are_user_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_assets.config import ConfigError, load_settings
+    from ml_assets.core.config import ConfigError, load_settings
+    from ml_assets.core.reingest import fingerprint_source
     from ml_assets.errors import UserError
-    from ml_assets.memo import fingerprint_source
 
     config = _project(tmp_path, [dict(FAST[0])])
     (tmp_path / "videos.parquet").write_bytes(b"not parquet at all")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_assets.config import (
+from ml_assets.core.config import (
     CANDIDATE_NAME_PATTERN,
     CONFIG_ENV,
     CandidateConfig,

@@ -20,10 +20,11 @@ from dagster import (
     instance_for_test,
 )
 
-from ml_assets.runner import DaemonLock, daemon_on_instance
-from ml_assets.runs import PROCESS_TAG, process_gone, process_tag
-from ml_assets.sensors import dead_runs_sensor
-from ml_assets.settle import Watchdog
+from ml_assets.cli.daemon import DaemonLock, daemon_on_instance
+from ml_assets.cli.settle import Watchdog
+from ml_assets.core.names import PROCESS_TAG
+from ml_assets.core.process import process_gone, process_tag
+from ml_assets.defs.sensors import dead_runs_sensor
 from ml_assets_tests.faults import wait_for
 
 
@@ -40,7 +41,7 @@ def add_sensor_heartbeat(instance: DagsterInstance, timestamp: float) -> None:
 _HOLD_LOCK = """
 import sys
 from pathlib import Path
-from ml_assets.runner import DaemonLock
+from ml_assets.cli.daemon import DaemonLock
 lock = DaemonLock(Path(sys.argv[1]))
 assert lock.acquire("a test daemon")
 print("held", flush=True)

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from dagster import AssetKey
 
-from ml_assets.config import Settings
+from ml_assets.core.config import Settings, load_settings
 from ml_assets.definitions import build_definitions, defs
-from ml_assets.lineage import latest_record
 from ml_assets.ml.synthetic import write_videos
+from ml_assets.state.leaderboard import leaderboard
+from ml_assets.state.records import latest_record
 from ml_assets_tests.conftest import Project
 
 SERVING_ASSETS = [
@@ -187,7 +188,7 @@ def test_tampered_model_is_refused(project: Project) -> None:
 
     shutil.rmtree(_record(project, "predictions_rank_1")["path"])
     # Only the serving step: a fresh selection would pass over the broken model (see
-    # test_reliability.py); here the model was damaged after it was selected.
+    # test_faults_storage.py); here the model was damaged after it was selected.
     result = (
         project.defs()
         .resolve_job_def("serve_job")
@@ -226,3 +227,21 @@ def test_bad_source_fails_ingestion_clearly(
     result = project.run("ingest_job")
     assert not result.success
     assert expected in _failure_message(result)
+
+
+def test_an_invalid_edit_of_a_trained_candidate_is_a_user_error_not_a_wait(
+    project: Project,
+) -> None:
+    """No run retrains a candidate whose new config is invalid: the leaderboard says why, as a
+    user error (so `ml-assets run` exits with 2), instead of showing it stale as if pending."""
+    project.write_config(candidates=[{"name": "nb", "model": "gaussian_nb"}])
+    assert project.run("ingest_job").success
+    assert project.train_all() == {"nb": True}
+    project.write_config(
+        candidates=[{"name": "nb", "model": "gaussian_nb", "params": {"var_smoothin": 1e-9}}]
+    )
+    dataset_key = _record(project, "ingested_dataset")["dataset_key"]
+    settings = load_settings(project.config_path)
+    (entry,) = leaderboard(project.instance, settings, dataset_key, project.store)
+    assert entry.status == "stale" and entry.user_error
+    assert "the new config is invalid" in entry.note and "'var_smoothin'" in entry.note

@@ -1,8 +1,10 @@
-"""Unit tests of the ingestion memoization rules (`ml_assets.memo`), without Dagster."""
+"""Unit tests of the ingestion memoization rules (`ml_assets.core.reingest`), without Dagster."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,13 +12,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ml_assets.config import DatasetConfig, MemoizationConfig, SplitConfig
-from ml_assets.memo import (
+from ml_assets.core.config import CandidateConfig, DatasetConfig, MemoizationConfig, SplitConfig
+from ml_assets.core.keys import dataset_config_hash, memo_key
+from ml_assets.core.reingest import (
     SECONDS_PER_DAY,
     Decision,
     IngestionState,
     SourceFingerprint,
-    dataset_config_hash,
     decide_ingestion,
     fingerprint_source,
 )
@@ -313,3 +315,22 @@ def test_dataset_config_hash_is_stable() -> None:
 )
 def test_dataset_config_hash_changes_with_settings(dataset: DatasetConfig, seed: int) -> None:
     assert dataset_config_hash(dataset, seed) != dataset_config_hash(DatasetConfig(), 0)
+
+
+def _sha(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def test_stored_keys_and_versions_keep_their_encoding() -> None:
+    """Existing homes store these values (metadata, data versions, artifact keys): another
+    encoding would re-ingest, re-hash or retrain what did not change."""
+    dataset = DatasetConfig()
+    dumped = json.dumps([dataset.model_dump(), 7], sort_keys=True, default=str)
+    assert dataset_config_hash(dataset, 7) == _sha(dumped, 16)
+    source = SourceFingerprint("x.csv", [("x.csv", 10, 5)], 3, "abc", True)
+    assert source.cheap_key == _sha('["x.csv", [["x.csv", 10, 5]], 3]', 24)
+    assert source.version == _sha("3:abc", 24)
+    candidate = CandidateConfig(name="a", model="knn", params={"n_neighbors": 3})
+    body = '{"features":null,"model":"knn","params":{"n_neighbors":3}}'
+    assert candidate.config_hash() == _sha(body, 16)
+    assert memo_key("d", ["a", 1], 0.5) == _sha('["d",["a",1],0.5]', 24)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from dagster import AssetKey
 
-from ml_assets.config import load_settings
-from ml_assets.gc import collect
-from ml_assets.lineage import Record, latest_record
-from ml_assets.planning import plan_training
-from ml_assets.store import ArtifactStore
+from ml_assets.core.config import load_settings
+from ml_assets.state.planning import plan_training
+from ml_assets.state.records import Record, latest_record
+from ml_assets.state.retention import collect
+from ml_assets.storage.store import ArtifactStore
 from ml_assets_tests.conftest import Project, write_csv_source
 
 DAY = 86_400.0
@@ -99,6 +101,9 @@ def test_training_is_memoized_and_only_changed_candidates_retrain(project: Proje
     again = _record(project, "trained_model", "lr")
     assert again["memoized"] is True and again.data_version == first["lr"].data_version
     assert again["produced_by_run"] == first["lr"]["produced_by_run"]
+    # Where each model was fit: this test process (in-process runs); a memo hit keeps it.
+    assert first["lr"]["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert again["worker"] == first["lr"]["worker"]
 
     project.write_config(
         candidates=[

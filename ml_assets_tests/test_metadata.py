@@ -9,9 +9,9 @@ from typing import Any
 
 from dagster import AssetKey, AssetRecordsFilter, TimestampMetadataValue
 
-from ml_assets.artifacts import read_training_meta
-from ml_assets.lineage import Record, latest_record
-from ml_assets.memo import IngestionState
+from ml_assets.core.reingest import IngestionState
+from ml_assets.state.records import Record, latest_record
+from ml_assets.storage.artifacts import read_training_meta
 from ml_assets_tests.conftest import Project, write_csv_source
 
 T0 = 1_800_000_000.0

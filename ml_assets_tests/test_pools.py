@@ -19,14 +19,9 @@ from typing import Any
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
+from ml_assets.core.names import INGESTION_POOL, POOLS, SERVING_POOL, TRAINING_POOL
 from ml_assets.definitions import build_definitions
-from ml_assets.pools import (
-    INGESTION_POOL,
-    POOLS,
-    SERVING_POOL,
-    TRAINING_POOL,
-    apply_pool_limits,
-)
+from ml_assets.defs.pools import apply_pool_limits
 from ml_assets_tests.faults import REPO, cli_env, project_home, wait_for
 
 _STEP_EVENTS = {

@@ -10,7 +10,9 @@ import uuid
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from ml_assets.runs import PROCESS_TAG, in_flight, process_gone, process_tag, reap_dead_runs
+from ml_assets.core.names import PROCESS_TAG
+from ml_assets.core.process import process_gone, process_tag
+from ml_assets.state.runs import in_flight, reap_dead_runs
 from ml_assets_tests.conftest import Project
 
 
@@ -75,7 +77,7 @@ def test_lower_priority_sets_niceness_once_and_never_raises_it() -> None:
     target = start + 2
     code = (
         "import os, threading, time\n"
-        "from ml_assets.assets.training import lower_priority\n"
+        "from ml_assets.core.process import lower_priority\n"
         "def tid(box): box.append(threading.get_native_id()); time.sleep(5)\n"
         "box = []; t = threading.Thread(target=tid, args=(box,), daemon=True); t.start()\n"
         "while not box: time.sleep(0.01)\n"
@@ -92,7 +94,7 @@ def test_training_lowers_its_priority_to_the_configured_niceness(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("ml_assets.assets.training.lower_priority", calls.append)
+    monkeypatch.setattr("ml_assets.defs.assets.training.lower_priority", calls.append)
     project.write_config(
         training={"niceness": 7},
         candidates=[{"name": "nb", "model": "gaussian_nb"}],
@@ -116,7 +118,7 @@ def test_loading_the_definitions_imports_no_model_library() -> None:
     LightGBM cost ~1.8 s to import and are loaded only where a model is built or read."""
     code = (
         "import sys\n"
-        "import ml_assets.definitions, ml_assets.cli, ml_assets.planning\n"
+        "import ml_assets.definitions, ml_assets.cli, ml_assets.state.planning\n"
         "print(sorted(m for m in ('sklearn', 'scipy', 'lightgbm', 'joblib') if m in sys.modules))"
     )
     assert _in_child(code) == "[]"

@@ -24,13 +24,13 @@ from dagster import (
     build_sensor_context,
 )
 
-from ml_assets.config import load_settings
-from ml_assets.lineage import latest_record
+from ml_assets.core.config import load_settings
+from ml_assets.core.names import CANDIDATES_PARTITIONS, PROCESS_TAG
+from ml_assets.core.process import process_tag
+from ml_assets.defs.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
 from ml_assets.ml.datasets import load_digits_frame
-from ml_assets.partitions import CANDIDATES_PARTITIONS_NAME
-from ml_assets.planning import ATTEMPT_TAG, TrainingPlan, plan_training, training_attempt
-from ml_assets.runs import PROCESS_TAG, process_tag
-from ml_assets.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
+from ml_assets.state.planning import ATTEMPT_TAG, TrainingPlan, plan_training, training_attempt
+from ml_assets.state.records import latest_record
 from ml_assets_tests.conftest import Project
 
 # Three quick candidates: two clear the 0.90 bar on digits, the stump does not.
@@ -76,7 +76,7 @@ def _added(result: SensorResult) -> list[str]:
         for r in requests
         if isinstance(r, AddDynamicPartitionsRequest)
         for key in r.partition_keys
-        if r.partitions_def_name == CANDIDATES_PARTITIONS_NAME
+        if r.partitions_def_name == CANDIDATES_PARTITIONS
     )
 
 
@@ -87,7 +87,7 @@ def _deleted(result: SensorResult) -> list[str]:
         for r in requests
         if isinstance(r, DeleteDynamicPartitionsRequest)
         for key in r.partition_keys
-        if r.partitions_def_name == CANDIDATES_PARTITIONS_NAME
+        if r.partitions_def_name == CANDIDATES_PARTITIONS
     )
 
 
@@ -256,9 +256,7 @@ def test_invalid_config_skips_and_keeps_the_partitions(
     assert "config invalid" in message
     if text is None:
         assert "bogus_key" in message
-    assert sorted(small.instance.get_dynamic_partitions(CANDIDATES_PARTITIONS_NAME)) == sorted(
-        NAMES
-    )
+    assert sorted(small.instance.get_dynamic_partitions(CANDIDATES_PARTITIONS)) == sorted(NAMES)
 
 
 # --- model_landed_sensor ----------------------------------------------------------------------
@@ -348,7 +346,7 @@ def test_plan_does_not_revalidate_up_to_date_candidates(
     _train_all(small)
     checked: list[str] = []
     monkeypatch.setattr(
-        "ml_assets.planning.validate_candidate", lambda name, *_: checked.append(name)
+        "ml_assets.state.planning.validate_candidate", lambda name, *_: checked.append(name)
     )
     assert _plan(small).to_train == []
     assert checked == []

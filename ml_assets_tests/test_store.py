@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import ml_assets.store
-from ml_assets.store import MANIFEST, ArtifactError, ArtifactStore, file_sha256
+import ml_assets.storage.store
+from ml_assets.storage.store import MANIFEST, ArtifactError, ArtifactStore, file_sha256
 
 DAY = 86_400.0
 
@@ -145,13 +145,13 @@ def test_present_hashes_an_unchanged_artifact_once(
 ) -> None:
     store.put("models", "k1", _writer({"a.txt": b"hello", "b.txt": b"world"}))
     hashed: list[str] = []
-    real = ml_assets.store.file_sha256
+    real = ml_assets.storage.store.file_sha256
 
     def counting(path: Path) -> str:
         hashed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(ml_assets.store, "file_sha256", counting)
+    monkeypatch.setattr(ml_assets.storage.store, "file_sha256", counting)
     other_object = ArtifactStore(store.root)  # the cache is per process, not per object
     assert store.present("models", "k1") and other_object.present("models", "k1")
     assert sorted(hashed) == ["a.txt", "b.txt"]
@@ -180,11 +180,11 @@ def test_concurrent_writers_of_one_key_both_succeed(
     def rename_after_a_rival(source: str | Path, target: str | Path) -> None:
         if not raced and Path(target).name == "k1":
             raced.append("rival")
-            monkeypatch.setattr(ml_assets.store.os, "rename", real_rename)
+            monkeypatch.setattr(ml_assets.storage.store.os, "rename", real_rename)
             store.put("models", "k1", _writer({"a.txt": b"hello"}))  # lands first
         real_rename(source, target)
 
-    monkeypatch.setattr(ml_assets.store.os, "rename", rename_after_a_rival)
+    monkeypatch.setattr(ml_assets.storage.store.os, "rename", rename_after_a_rival)
     artifact = store.put("models", "k1", _writer({"a.txt": b"hello"}))
     assert raced == ["rival"]
     assert artifact.file("a.txt").read_bytes() == b"hello"

@@ -7,7 +7,7 @@ import pytest
 
 from ml_assets.ml.aggregate import aggregate, ensemble_tags, mean_scores, score_matrix, scores_frame
 from ml_assets.ml.metrics import entity_coverage, evaluate, hit_at_1, predicted_tags
-from ml_assets.ml.selection import (
+from ml_assets.ml.ranking import (
     LeaderboardEntry,
     NoQualifyingModelError,
     leaderboard_markdown,

@@ -72,7 +72,7 @@ def test_columns_dtypes_and_values() -> None:
     assert names == ["entity_00", "entity_01", "entity_02", "entity_03", "entity_04"]
     for tags in df["tags"]:
         assert isinstance(tags, list)
-        assert 1 <= len(tags) <= 5
+        assert tags, "every video has at least one tag"  # at most 5: unique names below
         assert all(isinstance(t, str) and t in names for t in tags)
         assert tags == sorted(set(tags), key=names.index)  # unique, sorted by entity index
 

@@ -1,0 +1,90 @@
+"""What `ml-assets status` reports: leaderboard, selection, latest aggregated predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import DagsterInstance
+
+from ml_assets.core.config import Settings
+from ml_assets.core.names import AGGREGATED_PREDICTIONS, INGESTED_DATASET, MODEL_SELECTION
+from ml_assets.ml.ranking import rank
+from ml_assets.state.leaderboard import leaderboard
+from ml_assets.state.records import latest_record
+from ml_assets.storage.store import ArtifactStore
+
+
+def collect_status(
+    instance: DagsterInstance, settings: Settings, store: ArtifactStore | None = None
+) -> dict[str, Any]:
+    dataset = latest_record(instance, INGESTED_DATASET)
+    status: dict[str, Any] = {
+        "dataset": None,
+        "leaderboard": [],
+        "selection": None,
+        "aggregated": None,
+    }
+    if dataset is None:
+        return status
+    status["dataset"] = {
+        "key": dataset["dataset_key"],
+        "task": dataset["task"],
+        "records": dataset["records"],
+        "entities": dataset["entities"],
+    }
+    status["leaderboard"] = [
+        e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"], store))
+    ]
+    selection = latest_record(instance, MODEL_SELECTION)
+    if selection is not None:
+        status["selection"] = {"key": selection["selection_key"], "selected": selection["selected"]}
+    aggregated = latest_record(instance, AGGREGATED_PREDICTIONS)
+    if aggregated is not None:
+        status["aggregated"] = {
+            "path": aggregated["path"],
+            "rows": aggregated["rows"],
+            "models": aggregated["models"],
+            "ensemble_score": aggregated["ensemble_score"],
+            "best_single_score": aggregated["best_single_score"],
+            "model_scores": aggregated["model_scores"],
+            "selection_key": aggregated["selection_key"],
+            "seconds_since_training_started": aggregated.get("seconds_since_training_started"),
+            "current": selection is not None
+            and aggregated["selection_key"] == selection["selection_key"],
+        }
+    return status
+
+
+def format_status(status: dict[str, Any], min_score: float) -> str:
+    if status["dataset"] is None:
+        return "Nothing ingested yet: run `ml-assets run` (or `make run`)."
+    d = status["dataset"]
+    lines = [
+        f"Dataset {d['key']}: {d['records']} records, {d['entities']} entities ({d['task']})",
+        "",
+    ]
+    lines.append(f"Leaderboard (bar: score >= {min_score:.2f})")
+    lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}  note")
+    selected = set(status["selection"]["selected"]) if status["selection"] else set()
+    for e in status["leaderboard"]:
+        score = "" if e["score"] is None else f"{e['score']:.4f}"
+        mark = " *" if e["name"] in selected else ""
+        lines.append(f"  {e['name'] + mark:<24} {e['status']:<8} {score:>7}  {e['note']}")
+    lines.append("  (* selected)")
+    if status["selection"]:
+        lines.append(f"\nSelected: {', '.join(status['selection']['selected'])}")
+    a = status["aggregated"]
+    if a:
+        lines.append(
+            f"Ensemble hit@1 {a['ensemble_score']:.4f} vs best single model "
+            f"{a['best_single_score']:.4f} on {a['rows']} serving requests"
+        )
+        lines.append(f"Aggregated predictions: {a['path']}")
+        if a.get("seconds_since_training_started") is not None:
+            lines.append(
+                f"  from {', '.join(a['models'])}, landed "
+                f"{a['seconds_since_training_started']:.1f}s after training started"
+            )
+        if not a["current"]:
+            lines.append("  (from an earlier selection: serving has not caught up yet)")
+    return "\n".join(lines)

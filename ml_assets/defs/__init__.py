@@ -1,0 +1,1 @@
+"""The Dagster layer: assets, checks, jobs, sensors, schedules, resources and the IO manager."""

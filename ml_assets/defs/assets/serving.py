@@ -1,0 +1,258 @@
+"""Serving: one `predictions_rank_<i>` step per selected model, then `aggregated_predictions`."""
+
+import time
+from typing import Any, Final
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    DagsterInstance,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunsFilter,
+    asset,
+)
+
+from ml_assets.core.keys import SERVING_CODE_VERSION, memo_key
+from ml_assets.core.names import (
+    AGGREGATED_PREDICTIONS,
+    DATASET_TAG,
+    MODEL_SELECTION,
+    SERVING_POOL,
+    prediction_key,
+)
+from ml_assets.defs.io_manager import Upstream
+from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
+from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
+from ml_assets.storage.artifacts import (
+    PREDICTIONS_FILE,
+    SELECTION_FILE,
+    artifact_frame,
+    artifact_json,
+    read_dataset_part,
+    read_model,
+    write_frame,
+)
+from ml_assets.storage.store import ArtifactError
+
+# What every serving step shares: its group, code version, output kind and pool.
+_SERVING_STEP: Final[dict[str, Any]] = {
+    "group_name": "serving",
+    "code_version": SERVING_CODE_VERSION,
+    "kinds": {"parquet"},
+    "pool": SERVING_POOL,
+}
+
+
+def _selection(upstream: Upstream) -> dict[str, Any]:
+    """The selection `model_selection` recorded (its artifact verified on load)."""
+    selection: dict[str, Any] = artifact_json(
+        upstream.artifact("run model_selection first"), SELECTION_FILE
+    )
+    return selection
+
+
+def build_prediction_asset(rank: int) -> AssetsDefinition:
+    """The serving step for the model at `rank` in the current selection."""
+
+    @asset(
+        key=prediction_key(rank),
+        description=(
+            f"Predictions of the model at rank {rank} of the current selection for every "
+            "serving request (per-entity scores, Parquet)."
+        ),
+        ins={"selection_input": AssetIn(MODEL_SELECTION)},
+        **_SERVING_STEP,
+    )
+    def _predictions(
+        context: AssetExecutionContext,
+        settings: SettingsResource,
+        store: ArtifactStoreResource,
+        selection_input: Upstream,
+    ) -> MaterializeResult:
+        artifacts = store.get()
+        selection = _selection(selection_input)
+        selected = selection["selected"]
+        if rank > len(selected):
+            reason = f"the selection has {len(selected)} model(s); rank {rank} serves none"
+            context.log.info(reason)
+            return MaterializeResult(
+                data_version=DataVersion(f"none-{selection['version']}"),
+                metadata={
+                    "selection_key": selection["key"],
+                    "candidate": "none",
+                    "rows": 0,
+                    "memoized": False,
+                    "reason": reason,
+                },
+            )
+        entry = selected[rank - 1]
+        key = memo_key(entry["model_key"], selection["dataset_key"], SERVING_CODE_VERSION)
+        cached, miss = artifacts.find("predictions", key)
+        memoized = cached is not None
+        started = time.perf_counter()
+        if cached is None:
+            reason = (
+                f"computed: cached predictions unusable ({miss})"
+                if artifacts.path("predictions", key).exists()
+                else "computed: no cached predictions of this model on this dataset"
+            )
+            try:
+                model = read_model(artifacts, entry["model_key"], entry["model_digest"])
+            except ArtifactError as error:
+                raise Failure(
+                    f"candidate {entry['name']!r}: {error}", allow_retries=False
+                ) from error
+            dataset = artifacts.verify(
+                "datasets", selection["dataset_key"], selection["dataset_digest"]
+            )
+            requests = read_dataset_part(dataset, "requests", columns=model.features)
+            scores = model.predict_scores(requests.X)
+            cached = write_frame(
+                artifacts, "predictions", key, scores_frame(requests.ids, model.entities, scores)
+            )
+        else:
+            artifacts.touch("predictions", key)
+            reason = (
+                f"memo hit: predictions of model {entry['model_key']} on dataset "
+                f"{selection['dataset_key']} already stored"
+            )
+        context.log.info(f"rank {rank}: {entry['name']} served (predictions {key}; {reason})")
+        return MaterializeResult(
+            data_version=DataVersion(key),
+            metadata={
+                "selection_key": selection["key"],
+                "candidate": entry["name"],
+                "model_key": entry["model_key"],
+                "predictions_key": key,
+                "digest": cached.digest,
+                "path": MetadataValue.path(str(cached.path)),
+                "seconds": round(time.perf_counter() - started, 3),
+                "memoized": memoized,
+                "reason": reason,
+            },
+        )
+
+    return _predictions
+
+
+def _since_training_started(instance: DagsterInstance, dataset_key: str) -> dict[str, float]:
+    """Seconds from the first training run on this dataset (the fan-out's start) until now."""
+    first = instance.get_run_records(
+        RunsFilter(tags={DATASET_TAG: dataset_key}), limit=1, ascending=True
+    )
+    if not first:
+        return {}
+    since = time.time() - first[0].create_timestamp.timestamp()
+    return {"seconds_since_training_started": round(since, 3)}
+
+
+def build_aggregation_asset(ranks: int) -> AssetsDefinition:
+    """`aggregated_predictions`, fed by `ranks` serving steps."""
+
+    @asset(
+        key=AGGREGATED_PREDICTIONS,
+        ins={
+            "selection_input": AssetIn(MODEL_SELECTION),
+            **{f"rank_{r}": AssetIn(prediction_key(r)) for r in range(1, ranks + 1)},
+        },
+        **_SERVING_STEP,
+    )
+    def _aggregated(
+        context: AssetExecutionContext,
+        settings: SettingsResource,
+        store: ArtifactStoreResource,
+        selection_input: Upstream,
+        **served: Upstream,
+    ) -> MaterializeResult:
+        """The ensemble's per-request tags: the mean of the selected models' entity scores."""
+        cfg = settings.load()
+        artifacts = store.get()
+        selection = _selection(selection_input)
+        selected = selection["selected"]
+        if len(selected) > ranks:
+            raise Failure(
+                f"the selection has {len(selected)} models but only {ranks} serving steps "
+                "exist; reload the code location after changing selection.top_k"
+            )
+        frames = []
+        for rank, entry in enumerate(selected, start=1):
+            upstream = served[f"rank_{rank}"]
+            record = upstream.record("serve first")
+            if record["selection_key"] != selection["key"]:
+                raise Failure(
+                    f"predictions_rank_{rank} comes from selection "
+                    f"{record['selection_key']}, not the current {selection['key']}; "
+                    "re-run serving",
+                    allow_retries=False,
+                )
+            frames.append((entry, artifact_frame(upstream.artifact("serve first"))))
+        dataset = artifacts.verify(
+            "datasets", selection["dataset_key"], selection["dataset_digest"]
+        )
+        requests = read_dataset_part(dataset, "requests", columns=[])
+        entities, task = requests.entities, requests.task
+        matrices = [score_matrix(frame, entities) for _, frame in frames]
+        for entry, frame in frames:
+            if list(frame["request_id"]) != list(requests.ids):
+                raise Failure(
+                    f"predictions of {entry['name']!r} do not have one row per serving request"
+                )
+        threshold = cfg.serving.tag_threshold
+        output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
+        key = memo_key(selection["version"], threshold, SERVING_CODE_VERSION)
+        # The key covers the served models, the dataset and the threshold: an intact artifact
+        # under it holds these very predictions.
+        cached, _ = artifacts.find("aggregated", key)
+        memoized = cached is not None
+        if cached is not None:
+            artifacts.touch("aggregated", key)
+            artifact = cached
+            reason = (
+                f"memo hit: aggregated predictions {key} of these {len(selected)} "
+                "selected model(s) already stored"
+            )
+        else:
+            artifact = write_frame(artifacts, "aggregated", key, output)
+            reason = f"aggregated the per-entity scores of {len(selected)} selected model(s)"
+        ensemble = evaluate(requests.Y, mean, task, threshold)
+        per_model: dict[str, float] = {}
+        coverage: dict[str, int] = {}
+        for (entry, _), matrix in zip(frames, matrices, strict=True):
+            scores = evaluate(requests.Y, matrix, task, threshold)
+            per_model[entry["name"]] = scores.hit_at_1
+            coverage[entry["name"]] = entity_coverage(
+                predicted_tags(matrix, task, threshold), requests.Y
+            )
+        coverage["ensemble"] = entity_coverage(tags, requests.Y)
+        best_single = max(per_model.values())
+        context.log.info(f"ensemble hit@1 {ensemble.hit_at_1:.4f} vs best single {best_single:.4f}")
+        return MaterializeResult(
+            data_version=DataVersion(key),
+            metadata={
+                "selection_key": selection["key"],
+                "models": [e["name"] for e in selected],
+                "rows": len(output),
+                "ensemble_score": round(ensemble.hit_at_1, 4),
+                f"ensemble_{ensemble.f1_kind}": round(ensemble.f1, 4),
+                "best_single_score": round(best_single, 4),
+                "model_scores": MetadataValue.json(
+                    {name: round(score, 4) for name, score in per_model.items()}
+                ),
+                "entity_coverage": MetadataValue.json(coverage),
+                "entities_tagged_ensemble": coverage["ensemble"],
+                "aggregated_key": key,
+                "digest": artifact.digest,
+                "path": MetadataValue.path(str(artifact.file(PREDICTIONS_FILE))),
+                "landed_at": MetadataValue.timestamp(time.time()),
+                **_since_training_started(context.instance, selection["dataset_key"]),
+                "memoized": memoized,
+                "reason": reason,
+            },
+        )
+
+    return _aggregated

@@ -1,0 +1,142 @@
+"""The leaderboard: every configured candidate and where it stands, read from the instance.
+
+Selection ranks it, `ml-assets status` prints it, and the sensors and the CLI decide from it. Only
+current, landed models whose artifact verifies are eligible; a candidate that did not land says
+why (its invalid config, or its last run's error).
+"""
+
+from __future__ import annotations
+
+from dagster import AssetPartitionStatus, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from ml_assets.core.config import CandidateConfig, Settings
+from ml_assets.core.names import PARTITION_TAG, TRAINED_MODEL
+from ml_assets.ml.models import CandidateError, validate_candidate
+from ml_assets.ml.ranking import LeaderboardEntry
+from ml_assets.state.partitions import candidates_partitions
+from ml_assets.state.records import Record, latest_record
+from ml_assets.state.runs import RunFailure, run_failure
+from ml_assets.storage.artifacts import read_training_meta
+from ml_assets.storage.store import ArtifactError, ArtifactStore
+
+
+def leaderboard(
+    instance: DagsterInstance,
+    settings: Settings,
+    dataset_key: str,
+    store: ArtifactStore | None = None,
+) -> list[LeaderboardEntry]:
+    """Every configured candidate with its state; only current, landed models are eligible.
+
+    A candidate that did not land says why: its invalid config, or its last run's error.
+    """
+    names = [c.name for c in settings.candidates]
+    statuses = instance.get_status_by_partition(TRAINED_MODEL, names, candidates_partitions) or {}
+    entries = []
+    for candidate in settings.candidates:
+        name = candidate.name
+        status = statuses.get(name)
+        record = latest_record(instance, TRAINED_MODEL, name)
+        # From the partition's latest run, not the partition status: Dagster's status cache
+        # may not show FAILED yet when the run's failure is already recorded.
+        failure = (
+            None if status == AssetPartitionStatus.IN_PROGRESS else _last_failure(instance, name)
+        )
+        if record is None:
+            if status == AssetPartitionStatus.IN_PROGRESS:
+                entries.append(LeaderboardEntry(name, "running"))
+            elif failure is not None:
+                entries.append(
+                    LeaderboardEntry(
+                        name, "failed", note=failure.message, user_error=failure.user_error
+                    )
+                )
+            else:
+                entries.append(_missing_or_invalid(candidate))
+            continue
+        common = {
+            "score": float(record["score"]),
+            "f1": float(record.get("macro_f1", record.get("micro_f1", 0.0))),
+            "model_key": record["model_key"],
+            "model_digest": record["digest"],
+            "model_type": record["model_type"],
+        }
+        if record["dataset_key"] != dataset_key:
+            entries.append(
+                LeaderboardEntry(name, "stale", note="trained on an older dataset", **common)
+            )
+        elif record["config_hash"] != candidate.config_hash():
+            note = "config changed since training"
+            problem = _config_problem(candidate)
+            if problem:
+                # No run will retrain it: say so, rather than wait for a retraining.
+                note = f"{note}; the new config is invalid: {problem}"
+            elif failure is not None:
+                note = f"{note}; retraining failed: {failure.message}"
+            entries.append(
+                LeaderboardEntry(
+                    name,
+                    "stale",
+                    note=note,
+                    user_error=bool(problem) or (failure is not None and failure.user_error),
+                    **common,
+                )
+            )
+        elif store is not None and isinstance(score := _verified_score(store, record), str):
+            entries.append(LeaderboardEntry(name, "broken", note=score, **common))
+        else:
+            if store is not None:
+                # The metadata's score is rounded for display; rank and apply the bar on the
+                # full-precision score that the model's own artifact keeps.
+                common["score"] = score
+            note = ""
+            if status == AssetPartitionStatus.IN_PROGRESS:
+                note = "retraining now"
+            elif failure is not None:
+                note = f"last run failed ({failure.message}); previous model kept"
+            entries.append(LeaderboardEntry(name, "landed", note=note, **common))
+    return entries
+
+
+def _one_line(text: str, name: str, limit: int = 300) -> str:
+    """A note fit for the candidate's table row: the first line, without the candidate's name
+    (the row has it), bounded, without table separators."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = line.removeprefix(f"candidate {name!r}: ")
+    line = line.replace("|", "/")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _last_failure(instance: DagsterInstance, name: str) -> RunFailure | None:
+    """The error of the partition's latest run, when that run failed (sensor, CLI or UI)."""
+    records = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: name}), limit=1)
+    if not records or records[0].dagster_run.status != DagsterRunStatus.FAILURE:
+        return None
+    failure = run_failure(instance, records[0].dagster_run.run_id)
+    return RunFailure(_one_line(failure.message, name), failure.user_error)
+
+
+def _config_problem(candidate: CandidateConfig) -> str:
+    """Why the candidate's model or params are bad (one line), or ""."""
+    try:
+        validate_candidate(candidate.name, candidate.model, candidate.params)
+    except CandidateError as error:
+        return _one_line(str(error), candidate.name)
+    return ""
+
+
+def _missing_or_invalid(candidate: CandidateConfig) -> LeaderboardEntry:
+    """A candidate with no run yet: `invalid` (with why) when its model or params are bad."""
+    if problem := _config_problem(candidate):
+        return LeaderboardEntry(candidate.name, "invalid", note=problem, user_error=True)
+    return LeaderboardEntry(candidate.name, "missing")
+
+
+def _verified_score(store: ArtifactStore, record: Record) -> float | str:
+    """The recorded model's full-precision score once its artifact verifies, or why it
+    cannot be served."""
+    try:
+        artifact = store.verify("models", record["model_key"], record["digest"])
+        return float(read_training_meta(artifact)["score"])
+    except (ArtifactError, OSError, ValueError, KeyError, TypeError) as error:
+        return f"model artifact unusable, passed over: {error}"

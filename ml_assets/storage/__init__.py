@@ -1,0 +1,1 @@
+"""The content-addressed artifact store and the typed artifacts it holds (no Dagster)."""
