@@ -4,6 +4,7 @@ one behind the Dagster `Failure` a step wraps it in."""
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 # Metadata key on a step's `Failure` that marks a user error (see `user_failure`).
 USER_ERROR_METADATA: Final = "user_error"
@@ -25,3 +26,12 @@ def find_user_error(error: BaseException | None) -> UserError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, fit for a message (a broker, database or store URL)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from ml_assets.cli.postgres import POSTGRES_ENV, dagster_url, redacted
+from ml_assets.cli.postgres import POSTGRES_ENV, dagster_url
+from ml_assets.errors import redacted
 from ml_assets_tests.faults import REPO, cli_env
 
 SERVER = os.environ.get("ML_ASSETS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -131,7 +132,16 @@ def test_the_workflow_runs_on_postgres(
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         training = instance.get_run_records(RunsFilter(job_name="train_job"))
-        assert len(training) == 4
+        runs = [
+            (
+                r.dagster_run.tags.get("dagster/partition"),
+                r.dagster_run.tags.get("dagster/run_key"),
+                r.dagster_run.tags.get("dagster/sensor_name"),
+                r.create_timestamp.isoformat(),
+            )
+            for r in training
+        ]
+        assert len(training) == 4, runs
         assert {r.dagster_run.status for r in training} == {DagsterRunStatus.SUCCESS}
         assert instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE])) == 0
         spans = [(r.start_time or 0.0, r.end_time or 0.0) for r in training]

@@ -442,6 +442,22 @@ def test_a_damaged_model_is_requested_again_under_a_new_run_key(small: Project) 
     assert third["knn"] not in {first["knn"], second["knn"]}
 
 
+def test_a_model_landing_during_a_tick_keeps_the_run_key_the_plan_saw(small: Project) -> None:
+    """The run key comes from what the plan read: a model that lands between planning and
+    asking (a slow tick) must not give a new key, or Dagster launches a second run for it."""
+    assert small.run("ingest_job").success
+    small.sync()
+    plan = _plan(small)
+    knn = load_settings(small.config_path).candidate("knn")
+    assert plan.dataset_key is not None and plan.landed["knn"] == 0
+    before = training_attempt(small.instance, knn, plan.dataset_key, plan.landed["knn"])
+    assert small.run("train_job", "knn").success  # lands while the tick is still asking
+    during = training_attempt(small.instance, knn, plan.dataset_key, plan.landed["knn"])
+    assert during.run_key == before.run_key
+    after = _plan(small)
+    assert "knn" in after.up_to_date and after.landed["knn"] > 0
+
+
 def test_a_canceled_training_run_is_requested_again_under_a_new_key(small: Project) -> None:
     """Dagster skips a run key it has seen, whatever that run's status: a canceled run must
     count as an attempt, or its candidate would never be requested again."""
@@ -450,7 +466,7 @@ def test_a_canceled_training_run_is_requested_again_under_a_new_key(small: Proje
     cfg = load_settings(small.config_path)
     knn = cfg.candidate("knn")
     dataset_key = latest_record(small.instance, AssetKey("ingested_dataset"))["dataset_key"]
-    first = training_attempt(small.instance, knn, dataset_key)
+    first = training_attempt(small.instance, knn, dataset_key, 0)
     small.instance.add_run(
         DagsterRun(
             job_name="train_job",
@@ -459,7 +475,7 @@ def test_a_canceled_training_run_is_requested_again_under_a_new_key(small: Proje
             tags={ATTEMPT_TAG: first.group, "dagster/partition": "knn"},
         )
     )
-    second = training_attempt(small.instance, knn, dataset_key)
+    second = training_attempt(small.instance, knn, dataset_key, 0)
     assert second.failures == 1 and second.run_key != first.run_key
     assert not second.given_up(cfg.retries.max_retries)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from ml_assets.errors import UserError
+from ml_assets.errors import UserError, redacted
 
 POSTGRES_ENV: Final = "ML_ASSETS_POSTGRES_URL"
 CONNECT_TIMEOUT_SECONDS: Final = 5
@@ -39,15 +39,6 @@ def postgres_url(environ: Mapping[str, str] | None = None) -> str | None:
     """The URL from `ML_ASSETS_POSTGRES_URL`, or None when it is unset or empty."""
     value = (os.environ if environ is None else environ).get(POSTGRES_ENV, "").strip()
     return value or None
-
-
-def redacted(url: str) -> str:
-    """`url` without its password, fit for a message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def dagster_url(url: str) -> str:

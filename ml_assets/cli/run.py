@@ -265,7 +265,7 @@ def _pending(instance: DagsterInstance, plan: TrainingPlan, settings: Settings) 
     return [
         c.name
         for c in plan.to_train
-        if not training_attempt(instance, c, plan.dataset_key).given_up(
+        if not training_attempt(instance, c, plan.dataset_key, plan.landed.get(c.name, 0)).given_up(
             settings.retries.max_retries
         )
     ]

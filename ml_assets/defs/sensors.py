@@ -103,7 +103,9 @@ def candidates_sensor(
     # is never retried) and re-execute the failed run as it was, while a retry here is planned
     # again (a config edit starts a new count; a user error is never retried).
     for candidate in plan.to_train:
-        attempt = training_attempt(instance, candidate, plan.dataset_key)
+        attempt = training_attempt(
+            instance, candidate, plan.dataset_key, plan.landed.get(candidate.name, 0)
+        )
         if attempt.given_up(cfg.retries.max_retries):
             context.log.warning(f"{candidate.name}: gave up after {attempt.failures} failed runs")
             continue

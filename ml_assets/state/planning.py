@@ -3,10 +3,10 @@
 Launch-level skipping lives here: a step whose inputs' versions are unchanged gets no run at all.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from dagster import AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ml_assets.core.config import CandidateConfig, Settings
 from ml_assets.core.keys import model_memo_key
@@ -47,8 +47,11 @@ class TrainingAttempt:
 
 
 def training_attempt(
-    instance: DagsterInstance, candidate: CandidateConfig, dataset_key: str
+    instance: DagsterInstance, candidate: CandidateConfig, dataset_key: str, landed: int
 ) -> TrainingAttempt:
+    """`landed`: the storage id of the partition's latest materialization when the plan was
+    made (`TrainingPlan.landed`), not read again here: a model that lands in between would give
+    a new run key, and Dagster would launch a second run for a candidate that just landed."""
     group = f"train:{candidate.name}:{candidate.config_hash()}:{dataset_key}"
     # Canceled counts too: its run key is used, so Dagster would skip asking again with it.
     ended = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -57,11 +60,7 @@ def training_attempt(
     if failures:
         last = instance.get_run_records(RunsFilter(tags={ATTEMPT_TAG: group}, statuses=ended), 1)
         user_error = run_failure(instance, last[0].dagster_run.run_id).user_error
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=TRAINED_MODEL, asset_partitions=[candidate.name]),
-        limit=1,
-    ).records
-    return TrainingAttempt(group, failures, records[0].storage_id if records else 0, user_error)
+    return TrainingAttempt(group, failures, landed, user_error)
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,8 @@ class TrainingPlan:
     up_to_date: list[str]
     invalid: dict[str, str]
     dataset_key: str | None
+    # candidate → storage id of its latest materialization as the plan saw it (0: none)
+    landed: dict[str, int] = field(default_factory=dict)
 
 
 def plan_training(
@@ -86,10 +87,12 @@ def plan_training(
     dataset = latest_record(instance, INGESTED_DATASET)
     dataset_key = None if dataset is None else dataset["dataset_key"]
     invalid: dict[str, str] = {}
+    landed: dict[str, int] = {}
     to_train, up_to_date = [], []
     for candidate in settings.candidates:
+        record = latest_record(instance, TRAINED_MODEL, candidate.name)
+        landed[candidate.name] = 0 if record is None else record.storage_id
         if dataset_key is not None and not ("all" in force or candidate.name in force):
-            record = latest_record(instance, TRAINED_MODEL, candidate.name)
             key = model_memo_key(dataset_key, candidate, settings)
             if (
                 record is not None
@@ -106,7 +109,7 @@ def plan_training(
             invalid[candidate.name] = str(error)
             continue
         to_train.append(candidate)
-    return TrainingPlan(to_train, up_to_date, invalid, dataset_key)
+    return TrainingPlan(to_train, up_to_date, invalid, dataset_key, landed)
 
 
 def failed_since_selection(instance: DagsterInstance, settings: Settings) -> list[str]:

@@ -28,6 +28,7 @@ class Record:
     run_id: str
     timestamp: float
     data_version: str | None
+    storage_id: int = 0  # the materialization's event id: which landing this record is
 
     def __getitem__(self, name: str) -> Any:
         return self.metadata[name]
@@ -76,7 +77,7 @@ def latest_record(
     assert materialization is not None
     metadata = {name: value.value for name, value in materialization.metadata.items()}
     version = materialization.tags.get("dagster/data_version") if materialization.tags else None
-    return Record(metadata, entry.run_id, entry.timestamp, version)
+    return Record(metadata, entry.run_id, entry.timestamp, version, records[0].storage_id)
 
 
 def require_record(instance: DagsterInstance, key: AssetKey, why: str) -> Record:
