@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
 # The UI listens on localhost only; `make dev DEV_HOST=0.0.0.0` exposes it (no authentication).
 DEV_HOST ?= 127.0.0.1
 
-.PHONY: run test lint dev status bench clean
+.PHONY: run test lint dev status worker bench clean
 .DEFAULT_GOAL := run
 
 $(BIN)/.installed: pyproject.toml
@@ -30,6 +30,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Steps on Celery workers: with ML_ASSETS_CELERY_BROKER set, on every machine that executes
+# steps (e.g. `make worker WORKER_ARGS="--queue training --concurrency 2"`).
+WORKER_ARGS ?=
+worker: $(BIN)/.installed
+	$(BIN)/ml-assets worker $(WORKER_ARGS)
 
 dev: $(BIN)/.installed
 	$(BIN)/ml-assets dev --host $(DEV_HOST) --port 3000

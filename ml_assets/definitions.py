@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from dagster import AssetSpec, Definitions, in_process_executor
+from dagster import AssetSpec, Definitions
 
 from ml_assets.core.config import ConfigError, Settings, load_settings
 from ml_assets.core.names import prediction_key
@@ -15,6 +15,7 @@ from ml_assets.defs.checks import (
     dataset_schema_and_rows,
     selected_models_meet_bar,
 )
+from ml_assets.defs.executor import build_executor
 from ml_assets.defs.gc import cache_gc_job
 from ml_assets.defs.io_manager import RecordedArtifactIOManager
 from ml_assets.defs.jobs import build_jobs
@@ -85,7 +86,7 @@ def build_definitions(
         sensors=[dataset_sensor, candidates_sensor, model_landed_sensor, dead_runs_sensor],
         schedules=build_schedules(shape),
         resources=_resources(resources),
-        executor=in_process_executor,
+        executor=build_executor(),
     )
 
 

@@ -12,7 +12,9 @@ from ml_assets.core.config import (
     CandidateConfig,
     ConfigError,
     Settings,
+    StoreLocationError,
     load_settings,
+    store_root,
 )
 
 PROJECT_CONFIG = Path(__file__).resolve().parents[1] / "ml_assets.yaml"
@@ -195,3 +197,12 @@ def test_config_hash_stable_and_sensitive() -> None:
     hashes = {c.config_hash() for c in changed}
     assert base.config_hash() not in hashes
     assert len(hashes) == 3
+
+
+def test_the_store_is_the_home_s_unless_ml_assets_store_names_a_path(tmp_path: Path) -> None:
+    home = {"ML_ASSETS_HOME": str(tmp_path / "home")}
+    assert store_root(home) == tmp_path / "home" / "store"
+    assert store_root({**home, "ML_ASSETS_STORE": str(tmp_path / "s")}) == tmp_path / "s"
+    assert store_root({**home, "ML_ASSETS_STORE": f"file://{tmp_path}/s"}) == tmp_path / "s"
+    with pytest.raises(StoreLocationError, match=r"ML_ASSETS_STORE=s3://b/p: s3:// stores"):
+        store_root({**home, "ML_ASSETS_STORE": "s3://b/p"})

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from ml_assets.core.names import (
     TRAIN_JOB,
 )
 from ml_assets.core.process import process_tag
-from ml_assets.state.runs import fail_dead_run, is_user_error, step_failure_text
+from ml_assets.state.runs import fail_dead_run, run_failure
 
 INSTANCE_CONFIG = "dagster.yaml"
 # The run's full event log still goes to the instance (and the UI). The terminal gets what
@@ -137,16 +138,21 @@ def run_job(
             tags=all_tags,
             run_config=QUIET_RUN_CONFIG,
         )
-        failures = [event.step_failure_data for event in result.get_step_failure_events()]
-        errors = [text for f in failures if (text := step_failure_text(f))]
-        user_error = any(is_user_error(f) for f in failures)
-        return RunOutcome(
-            job, partition, result.run_id, result.success, "\n".join(errors), user_error
-        )
+        if result.success:
+            return RunOutcome(job, partition, result.run_id, True, "")
+        failure = run_failure(instance, result.run_id)
+        return RunOutcome(job, partition, result.run_id, False, failure.message, failure.user_error)
+
+
+def quiet_library_warnings() -> None:
+    """Dagster's beta/preview notices are for library authors, not for people running the
+    workflow: the terminal shows what `ml-assets` says of each run."""
+    warnings.filterwarnings("ignore", message=".*(beta|preview|deprecated).*")
 
 
 def _serve_runs(connection: Connection) -> None:
     """A worker process: execute the runs sent over `connection`, one after another."""
+    quiet_library_warnings()  # a spawned process starts with the default filters
     with contextlib.suppress(EOFError):  # the parent went away
         while (task := connection.recv()) is not None:
             connection.send(run_job(*task))

@@ -6,12 +6,12 @@ import argparse
 import json
 import signal
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ml_assets.cli.local import prepare_home
+from ml_assets.cli.local import prepare_home, quiet_library_warnings
 from ml_assets.cli.run import apply_pool_limits, cmd_run
+from ml_assets.cli.worker import add_worker_parser
 from ml_assets.core.config import load_settings
 from ml_assets.errors import find_user_error
 
@@ -59,8 +59,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from ml_assets.cli.daemon import DaemonLock, code_location_env, daemon_on_instance
+    from ml_assets.cli.preflight import check_configured_broker, check_store
     from ml_assets.core.config import CONFIG_ENV, default_config_path
 
+    check_store()  # before anything is written
+    check_configured_broker()
     home = prepare_home()
     settings = load_settings()  # a ConfigError is reported by `main`
     apply_pool_limits(settings)
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
     home = sub.add_parser("home", help=cmd_home.__doc__)
     home.set_defaults(func=cmd_home)
+    add_worker_parser(sub, _positive_int)
     return parser
 
 
@@ -170,8 +174,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Dagster's beta/preview notices are for library authors, not for people running the workflow.
-    warnings.filterwarnings("ignore", message=".*(beta|preview|deprecated).*")
+    quiet_library_warnings()
     args = build_parser().parse_args(argv)
     # `kill` or a closed terminal unwinds like Ctrl-C, so a daemon this command started is
     # stopped (and its lock released) rather than left running without anyone to stop it.

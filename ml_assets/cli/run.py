@@ -30,6 +30,7 @@ from ml_assets.core.names import (
     SERVE_JOB,
     TRAIN_JOB,
 )
+from ml_assets.core.workers import BROKER_ENV
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -283,6 +284,10 @@ def apply_pool_limits(settings: Settings, training_slots: int | None = None) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Ingest, train every candidate, select, serve and aggregate; only what changed runs."""
+    from ml_assets.cli.preflight import check_configured_broker, check_store
+
+    check_store()  # before anything is written
+    broker = check_configured_broker()
     prepare_home()
     settings = load_settings()  # a ConfigError is reported by `main`
     from dagster import DagsterInstance
@@ -295,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     started, started_wall = time.perf_counter(), time.time()
     apply_pool_limits(settings, args.max_concurrent)
     force = frozenset(f.strip() for f in args.force.split(",") if f.strip())
+    if broker is not None:
+        print(f"steps run on Celery workers ({BROKER_ENV}); `ml-assets worker` starts one")
     with DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"marked run {run_id[:8]} failed: the process executing it is gone")

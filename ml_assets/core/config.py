@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ml_assets.core.keys import stable_hash
-from ml_assets.errors import UserError
+from ml_assets.errors import UserError, redacted
 
 CONFIG_ENV: Final = "ML_ASSETS_CONFIG"
 HOME_ENV: Final = "ML_ASSETS_HOME"
+STORE_ENV: Final = "ML_ASSETS_STORE"
 CONFIG_FILENAME: Final = "ml_assets.yaml"
 CANDIDATE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -173,8 +176,30 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or Path.cwd() / CONFIG_FILENAME)
 
 
-def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".ml_assets").absolute()
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    home = (os.environ if environ is None else environ).get(HOME_ENV)
+    return Path(home or Path.cwd() / ".ml_assets").absolute()
+
+
+class StoreLocationError(UserError):
+    """The artifact store's location cannot be used; the message names the variable."""
+
+
+def store_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The artifact store: `ML_ASSETS_STORE` (a path, or a `file://` URL, on storage that every
+    worker mounts at the same place), else `<home>/store`."""
+    value = (os.environ if environ is None else environ).get(STORE_ENV, "").strip()
+    if not value:
+        return default_home(environ) / "store"
+    parts = urlsplit(value)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path)).absolute()
+    if parts.scheme:
+        raise StoreLocationError(
+            f"{STORE_ENV}={redacted(value)}: {parts.scheme}:// stores are not supported yet; "
+            "mount it (s3fs, gcsfuse, NFS) and give the mounted path"
+        )
+    return Path(value).expanduser().absolute()
 
 
 def _format_errors(path: Path, error: ValidationError) -> str:

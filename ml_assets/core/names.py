@@ -50,6 +50,16 @@ TRAINING_POOL: Final = "training"
 SERVING_POOL: Final = "serving"
 POOLS: Final = (INGESTION_POOL, TRAINING_POOL, SERVING_POOL)
 
+# Celery queues (`ML_ASSETS_CELERY_BROKER`; ml_assets/defs/executor.py): each scales on its own
+# (`ml-assets worker --queue training|serving`). Training: ingestion and the fits (minutes,
+# CPU-bound); serving: selection, predictions, aggregation and every check (seconds).
+TRAINING_QUEUE: Final = "training"
+SERVING_QUEUE: Final = "serving"
+QUEUES: Final = (TRAINING_QUEUE, SERVING_QUEUE)
+CELERY_QUEUE_TAG: Final = "dagster-celery/queue"  # dagster-celery's op tag naming a step's queue
+# The op tags of the training queue's steps; an untagged step goes to the serving queue.
+ON_TRAINING_QUEUE: Final[Mapping[str, str]] = {CELERY_QUEUE_TAG: TRAINING_QUEUE}
+
 # Run tags the project reads or writes.
 PARTITION_TAG: Final = "dagster/partition"  # Dagster's own
 STAGE_TAG: Final = "ml_assets/stage"  # ingestion | training | serving | maintenance

@@ -12,7 +12,7 @@ from dagster import (
     asset_check,
 )
 
-from ml_assets.core.names import INGESTED_DATASET, MODEL_SELECTION
+from ml_assets.core.names import INGESTED_DATASET, MODEL_SELECTION, ON_TRAINING_QUEUE
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.ml.datasets import PARTS
 from ml_assets.state.records import recorded_artifact, require_record
@@ -26,7 +26,7 @@ from ml_assets.storage.artifacts import (
 from ml_assets.storage.store import ArtifactError
 
 
-@asset_check(asset=INGESTED_DATASET, blocking=True)
+@asset_check(asset=INGESTED_DATASET, blocking=True, op_tags=ON_TRAINING_QUEUE)
 def dataset_schema_and_rows(
     context: AssetCheckExecutionContext, store: ArtifactStoreResource
 ) -> AssetCheckResult:

@@ -9,11 +9,12 @@ from ml_assets.core.config import (
     ConfigError,
     Settings,
     default_config_path,
-    default_home,
     load_settings,
+    store_root,
 )
 from ml_assets.core.names import PROCESS_TAG
 from ml_assets.core.process import process_tag
+from ml_assets.defs.executor import in_celery_worker
 from ml_assets.defs.failures import user_failure
 from ml_assets.storage.store import ArtifactStore
 
@@ -39,7 +40,8 @@ class SettingsResource(ConfigurableResource):
 
 
 class ArtifactStoreResource(ConfigurableResource):
-    """The content-addressed store under `<home>/store` (home: `$ML_ASSETS_HOME` or .ml_assets)."""
+    """The content-addressed store: `$ML_ASSETS_STORE`, else `<home>/store` (home:
+    `$ML_ASSETS_HOME` or .ml_assets)."""
 
     root: str | None = None
 
@@ -49,12 +51,14 @@ class ArtifactStoreResource(ConfigurableResource):
         run, instance = context.run, context.instance
         if run is None or instance is None:  # a sensor evaluation, not a run
             return
+        if in_celery_worker():  # the run's process is the orchestrator, which recorded itself
+            return
         tag = process_tag()
         if run.tags.get(PROCESS_TAG) != tag:
             instance.add_run_tags(run.run_id, {PROCESS_TAG: tag})
 
     def get(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.root) if self.root else default_home() / "store")
+        return ArtifactStore(Path(self.root) if self.root else store_root())
 
 
 class ClockResource(ConfigurableResource):

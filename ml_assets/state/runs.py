@@ -81,6 +81,21 @@ def failure_text(error: ErrorInfo) -> str:
     return error.message.strip()
 
 
+_WORKERS_FAILED: Final = "During celery execution errors occurred in workers:"
+
+
+def run_error_text(error: ErrorInfo) -> str:
+    """The error a run failed on outside any step's own report, in one line: e.g. the Celery
+    worker process executing a step died ("[trained_model]: …WorkerLostError: Worker exited
+    prematurely: signal 9 (SIGKILL)"), where Dagster's run message only says "An exception
+    was thrown during execution"."""
+    text = error.message.split("\nStack Trace:")[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].endswith(_WORKERS_FAILED):
+        return "a step's worker process failed: " + "; ".join(lines[1:])
+    return "; ".join(lines)
+
+
 class StepFailure(Protocol):
     """The parts of Dagster's step failure data that the project reads."""
 
@@ -130,6 +145,12 @@ def run_failure(instance: DagsterInstance, run_id: str) -> RunFailure:
     if messages:
         return RunFailure("\n".join(messages), user_error)
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE):
-        if entry.dagster_event is not None and entry.dagster_event.message:
-            return RunFailure(entry.dagster_event.message.strip(), False)
+        event = entry.dagster_event
+        if event is None:
+            continue
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None:
+            return RunFailure(run_error_text(error), False)
+        if event.message:
+            return RunFailure(event.message.strip(), False)
     return RunFailure("the run failed (no error recorded)", False)

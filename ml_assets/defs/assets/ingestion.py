@@ -17,7 +17,13 @@ from dagster import (
 
 from ml_assets.core.config import Settings
 from ml_assets.core.keys import INGESTION_CODE_VERSION, dataset_config_hash
-from ml_assets.core.names import FORCE_TAG, INGESTED_DATASET, INGESTION_POOL, is_forced
+from ml_assets.core.names import (
+    FORCE_TAG,
+    INGESTED_DATASET,
+    INGESTION_POOL,
+    ON_TRAINING_QUEUE,
+    is_forced,
+)
 from ml_assets.core.reingest import (
     Decision,
     IngestionState,
@@ -49,7 +55,11 @@ def decide(
         raise user_failure(error) from error
 
 
-@observable_source_asset(group_name="ingestion", description="The configured dataset source.")
+@observable_source_asset(
+    group_name="ingestion",
+    description="The configured dataset source.",
+    op_tags=ON_TRAINING_QUEUE,
+)
 def raw_dataset(context: AssetExecutionContext, settings: SettingsResource) -> ObserveResult:
     """Fingerprint of the source (record count, content hash) as its `DataVersion`."""
     _, state = last_ingestion(context.instance)
@@ -69,6 +79,7 @@ def raw_dataset(context: AssetExecutionContext, settings: SettingsResource) -> O
     code_version=INGESTION_CODE_VERSION,
     kinds={"parquet"},
     pool=INGESTION_POOL,
+    op_tags=ON_TRAINING_QUEUE,
 )
 def ingested_dataset(
     context: AssetExecutionContext,

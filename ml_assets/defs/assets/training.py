@@ -12,7 +12,13 @@ from dagster import (
 
 from ml_assets.core.config import CandidateConfig, ConfigError, Settings
 from ml_assets.core.keys import TRAINING_CODE_VERSION, model_memo_key
-from ml_assets.core.names import FORCE_TAG, INGESTED_DATASET, TRAINING_POOL, is_forced
+from ml_assets.core.names import (
+    FORCE_TAG,
+    INGESTED_DATASET,
+    ON_TRAINING_QUEUE,
+    TRAINING_POOL,
+    is_forced,
+)
 from ml_assets.core.process import lower_priority, worker_id
 from ml_assets.defs.failures import user_failure
 from ml_assets.defs.io_manager import load_upstream
@@ -87,6 +93,7 @@ def _train(
     code_version=TRAINING_CODE_VERSION,
     kinds={"lightgbm", "scikitlearn"},
     pool=TRAINING_POOL,
+    op_tags=ON_TRAINING_QUEUE,
 )
 def trained_model(
     context: AssetExecutionContext,
