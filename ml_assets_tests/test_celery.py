@@ -341,7 +341,7 @@ def test_a_worker_without_a_broker_says_which_variable_to_set(
 @pytest.mark.parametrize(
     ("store", "expected"),
     [
-        ("s3://bucket/prefix", "s3:// stores are not supported yet; mount it"),
+        ("nosuch://bucket/prefix", "Protocol not known: nosuch"),
         ("/proc/self", "not writable"),
         ("{tmp}/a-file/store", "cannot be created"),
     ],

@@ -12,9 +12,9 @@ from ml_assets.core.config import (
     CandidateConfig,
     ConfigError,
     Settings,
-    StoreLocationError,
+    StoreLocation,
     load_settings,
-    store_root,
+    store_location,
 )
 
 PROJECT_CONFIG = Path(__file__).resolve().parents[1] / "ml_assets.yaml"
@@ -199,10 +199,12 @@ def test_config_hash_stable_and_sensitive() -> None:
     assert len(hashes) == 3
 
 
-def test_the_store_is_the_home_s_unless_ml_assets_store_names_a_path(tmp_path: Path) -> None:
+def test_the_store_is_the_home_s_unless_ml_assets_store_names_another(tmp_path: Path) -> None:
     home = {"ML_ASSETS_HOME": str(tmp_path / "home")}
-    assert store_root(home) == tmp_path / "home" / "store"
-    assert store_root({**home, "ML_ASSETS_STORE": str(tmp_path / "s")}) == tmp_path / "s"
-    assert store_root({**home, "ML_ASSETS_STORE": f"file://{tmp_path}/s"}) == tmp_path / "s"
-    with pytest.raises(StoreLocationError, match=r"ML_ASSETS_STORE=s3://b/p: s3:// stores"):
-        store_root({**home, "ML_ASSETS_STORE": "s3://b/p"})
+    assert store_location(home) == StoreLocation(tmp_path / "home" / "store")
+    for value in (str(tmp_path / "s"), f"file://{tmp_path}/s"):
+        assert store_location({**home, "ML_ASSETS_STORE": value}) == StoreLocation(tmp_path / "s")
+    # An object store, through a cache on this machine.
+    assert store_location({**home, "ML_ASSETS_STORE": "s3://b/p/"}) == StoreLocation(
+        tmp_path / "home" / "store-cache", "s3://b/p"
+    )

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from ml_assets.core.config import HOME_ENV, STORE_ENV, StoreLocationError, store_root
+from ml_assets.core.config import HOME_ENV, STORE_ENV, StoreLocationError, store_location
 from ml_assets.core.workers import BROKER_ENV, BROKER_SCHEMES, broker_url
 from ml_assets.errors import UserError, redacted
 
@@ -62,14 +63,41 @@ def require_broker() -> str:
 
 
 def check_store() -> None:
-    """The artifact store's folder takes a file (or, not there yet, can be created), or
-    `StoreLocationError` naming the variable that chose it. Writes nothing that stays."""
-    root = store_root()
+    """The artifact store takes a file (a folder not there yet: can be created), or
+    `StoreLocationError` naming the variable that chose it. Leaves nothing behind."""
+    location = store_location()
+    chosen = bool(os.environ.get(STORE_ENV, "").strip())
     where = (
-        f"{STORE_ENV}={root}"
-        if os.environ.get(STORE_ENV, "").strip()
-        else f"the artifact store {root} (set {STORE_ENV} or {HOME_ENV} to put it elsewhere)"
+        f"{STORE_ENV}={redacted(location.describe())}"
+        if chosen
+        else f"the artifact store {location.local} (set {STORE_ENV} or {HOME_ENV} to put it "
+        "elsewhere)"
     )
+    if location.remote is not None:
+        _check_object_store(location.remote, where)
+        where = f"{where}: its local cache {location.local} (set {HOME_ENV} to move it)"
+    _check_folder(location.local, where)
+
+
+def _check_object_store(url: str, where: str) -> None:
+    from ml_assets.storage.remote import open_filesystem
+
+    try:
+        fs, base = open_filesystem(url)
+    except ImportError as error:  # fsspec says which package: "Install s3fs to access S3"
+        raise StoreLocationError(f"{where}: {error}") from None
+    except ValueError as error:  # a protocol fsspec does not know
+        raise StoreLocationError(f"{where}: {error}") from None
+    probe = f"{base}/.probe-{uuid.uuid4().hex}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as error:  # each object store raises its own client's errors
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise StoreLocationError(f"{where}: not writable: {reason}") from None
+
+
+def _check_folder(root: Path, where: str) -> None:
     if root.exists() and not root.is_dir():
         raise StoreLocationError(f"{where}: not a folder")
     if not root.exists():

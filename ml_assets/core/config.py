@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import unquote, urlsplit
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ml_assets.core.keys import stable_hash
-from ml_assets.errors import UserError, redacted
+from ml_assets.errors import UserError
 
 CONFIG_ENV: Final = "ML_ASSETS_CONFIG"
 HOME_ENV: Final = "ML_ASSETS_HOME"
@@ -182,24 +183,33 @@ def default_home(environ: Mapping[str, str] | None = None) -> Path:
 
 
 class StoreLocationError(UserError):
-    """The artifact store's location cannot be used; the message names the variable."""
+    """The artifact store cannot be used; the message names the variable."""
 
 
-def store_root(environ: Mapping[str, str] | None = None) -> Path:
-    """The artifact store: `ML_ASSETS_STORE` (a path, or a `file://` URL, on storage that every
-    worker mounts at the same place), else `<home>/store`."""
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where artifacts live: a folder (`local`), or an object store (`remote`, an fsspec URL)
+    read and written through `local` as this machine's verified cache of it."""
+
+    local: Path
+    remote: str | None = None
+
+    def describe(self) -> str:
+        return self.remote or str(self.local)
+
+
+def store_location(environ: Mapping[str, str] | None = None) -> StoreLocation:
+    """`ML_ASSETS_STORE`: a path (or `file://` URL) on storage every worker mounts at the same
+    place, or an object-store URL (`s3://bucket/prefix`); unset, `<home>/store`."""
     value = (os.environ if environ is None else environ).get(STORE_ENV, "").strip()
     if not value:
-        return default_home(environ) / "store"
+        return StoreLocation(default_home(environ) / "store")
     parts = urlsplit(value)
     if parts.scheme == "file":
-        return Path(unquote(parts.path)).absolute()
+        return StoreLocation(Path(unquote(parts.path)).absolute())
     if parts.scheme:
-        raise StoreLocationError(
-            f"{STORE_ENV}={redacted(value)}: {parts.scheme}:// stores are not supported yet; "
-            "mount it (s3fs, gcsfuse, NFS) and give the mounted path"
-        )
-    return Path(value).expanduser().absolute()
+        return StoreLocation(default_home(environ) / "store-cache", value.rstrip("/"))
+    return StoreLocation(Path(value).expanduser().absolute())
 
 
 def _format_errors(path: Path, error: ValidationError) -> str:

@@ -10,12 +10,13 @@ from ml_assets.core.config import (
     Settings,
     default_config_path,
     load_settings,
-    store_root,
+    store_location,
 )
 from ml_assets.core.names import PROCESS_TAG
 from ml_assets.core.process import process_tag
 from ml_assets.defs.executor import in_celery_worker
 from ml_assets.defs.failures import user_failure
+from ml_assets.storage.remote import open_store
 from ml_assets.storage.store import ArtifactStore
 
 
@@ -58,7 +59,7 @@ class ArtifactStoreResource(ConfigurableResource):
             instance.add_run_tags(run.run_id, {PROCESS_TAG: tag})
 
     def get(self) -> ArtifactStore:
-        return ArtifactStore(Path(self.root) if self.root else store_root())
+        return ArtifactStore(Path(self.root)) if self.root else open_store(store_location())
 
 
 class ClockResource(ConfigurableResource):

@@ -37,7 +37,7 @@ class ArtifactError(RuntimeError):
 _VERIFIED: dict[tuple[str, str | None], tuple[tuple[str, int, int, int], ...]] = {}
 
 
-def _manifest_files(kind: str, key: str, raw: bytes) -> dict[str, tuple[str, int]]:
+def manifest_files(kind: str, key: str, raw: bytes) -> dict[str, tuple[str, int]]:
     """name → (sha256, bytes) from a manifest; anything malformed is an `ArtifactError`."""
     try:
         manifest = json.loads(raw)
@@ -205,7 +205,7 @@ class ArtifactStore:
                 f"{digest[:12]}…; refusing to use it"
             )
         total = 0
-        for name, (sha256, size) in _manifest_files(kind, key, raw).items():
+        for name, (sha256, size) in manifest_files(kind, key, raw).items():
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{kind}/{key}: file {name} is missing")
