@@ -1,4 +1,4 @@
-"""The benchmarks a–h, one module each, and `BENCHMARKS`: the registry, in key order.
+"""The benchmarks a–i, one module each, and `BENCHMARKS`: the registry, in key order.
 
 Each benchmark is a function of a `Context` that returns a `Result`: one figure, its goal,
 and Markdown details. `python -m bench.run` runs the ones chosen by key or name.
@@ -16,6 +16,7 @@ from bench.benchmarks.e_scaling import bench_scaling
 from bench.benchmarks.f_ingestion import bench_ingestion
 from bench.benchmarks.g_serving import bench_serving
 from bench.benchmarks.h_quality import bench_quality
+from bench.benchmarks.i_workers import bench_workers
 from bench.result import Benchmark, Result
 
 __all__ = ["BENCHMARKS", "Benchmark", "Result"]
@@ -40,4 +41,9 @@ BENCHMARKS: Final[dict[str, Benchmark]] = {
         "serving", "Serving: aggregated predictions / the models' own predict", bench_serving
     ),
     "h": Benchmark("quality", "Ensemble quality on the serving requests", bench_quality),
+    "i": Benchmark(
+        "workers",
+        "Past one machine: Celery workers and Postgres vs the default",
+        bench_workers,
+    ),
 }
