@@ -19,6 +19,8 @@ from ml_assets.defs.resources import ArtifactStoreResource, ClockResource, Setti
 from ml_assets.state.partitions import sync_candidate_partitions
 from ml_assets.storage.store import ArtifactStore
 
+pytest_plugins = ["ml_assets_tests.services"]  # the real servers some tests need
+
 # Quick candidates for digits: four clear the 0.90 bar, one does not.
 FAST_CANDIDATES: list[dict[str, Any]] = [
     {

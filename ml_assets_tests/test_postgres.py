@@ -1,31 +1,22 @@
 """The Dagster instance on a real Postgres (`ML_ASSETS_POSTGRES_URL`), and a wrong URL.
 
 The workflow test needs the Postgres server of this machine (127.0.0.1:5432, or the server
-`ML_ASSETS_TEST_POSTGRES` names): in CI (`CI=true`) a missing server fails it; elsewhere it is
-skipped with the reason. Each test gets a database of its own, dropped afterwards.
+`ML_ASSETS_TEST_POSTGRES` names; `services.py`): in CI (`CI=true`) a missing server fails it;
+elsewhere it is skipped with the reason. Each test gets a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ml_assets.cli.postgres import POSTGRES_ENV, dagster_url
-from ml_assets.errors import redacted
 from ml_assets_tests.faults import REPO, cli_env
-
-SERVER = os.environ.get("ML_ASSETS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
 
 # Two fits of a few seconds and two quick ones, two training runs at a time.
 CANDIDATES = [
@@ -34,37 +25,6 @@ CANDIDATES = [
     {"name": "lr", "model": "logistic_regression"},
     {"name": "nb", "model": "gaussian_nb"},
 ]
-
-
-def _database_url(name: str) -> str:
-    return urlunsplit(urlsplit(SERVER)._replace(path=f"/{name}"))
-
-
-def _admin(statement: str) -> None:
-    connection = psycopg2.connect(SERVER, connect_timeout=5)
-    connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty database on the server, dropped after the test."""
-    name = f"ml_assets_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _admin(f"CREATE DATABASE {name}")
-    except psycopg2.Error as error:
-        reason = f"Postgres at {redacted(SERVER)} is not reachable: {str(error).strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI must run this test)")
-        pytest.skip(reason)
-    try:
-        yield _database_url(name)
-    finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _cli(
@@ -77,16 +37,7 @@ def _cli(
                 {
                     "dataset": {"source": "sklearn_digits"},
                     "training": {"max_concurrent": 2},
-                    "candidates": [
-                        {"name": "trees", "model": "extra_trees", "params": {"n_estimators": 150}},
-                        {
-                            "name": "forest",
-                            "model": "random_forest",
-                            "params": {"n_estimators": 150},
-                        },
-                        {"name": "lr", "model": "logistic_regression"},
-                        {"name": "nb", "model": "gaussian_nb"},
-                    ],
+                    "candidates": CANDIDATES,
                 }
             )
         )

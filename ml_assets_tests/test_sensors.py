@@ -25,12 +25,12 @@ from dagster import (
 )
 
 from ml_assets.core.config import load_settings
-from ml_assets.core.names import CANDIDATES_PARTITIONS, PROCESS_TAG
+from ml_assets.core.names import CANDIDATES_PARTITIONS, FORCE_TAG, PROCESS_TAG
 from ml_assets.core.process import process_tag
 from ml_assets.defs.sensors import candidates_sensor, dataset_sensor, model_landed_sensor
 from ml_assets.ml.datasets import load_digits_frame
 from ml_assets.state.planning import ATTEMPT_TAG, TrainingPlan, plan_training, training_attempt
-from ml_assets.state.records import latest_record
+from ml_assets.state.records import latest_record, latest_records
 from ml_assets_tests.conftest import Project
 
 # Three quick candidates: two clear the 0.90 bar on digits, the stump does not.
@@ -502,3 +502,22 @@ def test_a_training_failure_after_the_selection_is_selected_again_with_its_reaso
     board = latest_record(small.instance, AssetKey("model_selection"))["leaderboard"]
     assert "retraining failed" in board and "n_neighbors" in board
     assert "no model landed" in _skip_message(_tick(small, model_landed_sensor, cursor))
+
+
+def test_the_latest_model_of_every_candidate_in_one_read_matches_one_by_one(
+    small: Project,
+) -> None:
+    """`latest_records` (two queries for every candidate) agrees with `latest_record` per
+    candidate: the newest of several materializations, and nothing for one never trained."""
+    assert small.run("ingest_job").success
+    small.sync()
+    names = [c["name"] for c in small.config["candidates"]]
+    trained, never = names[:-1], names[-1]
+    for name in [*trained, trained[0]]:  # the first one twice: its newer landing counts
+        assert small.run("train_job", name, tags={FORCE_TAG: name}).success
+    together = latest_records(small.instance, AssetKey("trained_model"), names)
+    assert set(together) == set(trained) and never not in together
+    for name in trained:
+        alone = latest_record(small.instance, AssetKey("trained_model"), name)
+        assert alone is not None and together[name] == alone
+    assert together[trained[0]].storage_id > min(r.storage_id for r in together.values())

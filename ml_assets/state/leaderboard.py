@@ -14,7 +14,7 @@ from ml_assets.core.names import PARTITION_TAG, TRAINED_MODEL
 from ml_assets.ml.models import CandidateError, validate_candidate
 from ml_assets.ml.ranking import LeaderboardEntry
 from ml_assets.state.partitions import candidates_partitions
-from ml_assets.state.records import Record, latest_record
+from ml_assets.state.records import Record, latest_records
 from ml_assets.state.runs import RunFailure, run_failure
 from ml_assets.storage.artifacts import read_training_meta
 from ml_assets.storage.store import ArtifactError, ArtifactStore
@@ -32,11 +32,12 @@ def leaderboard(
     """
     names = [c.name for c in settings.candidates]
     statuses = instance.get_status_by_partition(TRAINED_MODEL, names, candidates_partitions) or {}
+    models = latest_records(instance, TRAINED_MODEL, names)
     entries = []
     for candidate in settings.candidates:
         name = candidate.name
         status = statuses.get(name)
-        record = latest_record(instance, TRAINED_MODEL, name)
+        record = models.get(name)
         # From the partition's latest run, not the partition status: Dagster's status cache
         # may not show FAILED yet when the run's failure is already recorded.
         failure = (

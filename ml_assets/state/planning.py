@@ -19,7 +19,7 @@ from ml_assets.core.names import (
     TRAINED_MODEL,
 )
 from ml_assets.ml.models import CandidateError, validate_candidate
-from ml_assets.state.records import latest_record
+from ml_assets.state.records import latest_record, latest_records
 from ml_assets.state.runs import run_failure
 from ml_assets.storage.artifacts import SELECTION_FILE, read_json
 from ml_assets.storage.store import ArtifactError, ArtifactStore
@@ -89,8 +89,9 @@ def plan_training(
     invalid: dict[str, str] = {}
     landed: dict[str, int] = {}
     to_train, up_to_date = [], []
+    models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
     for candidate in settings.candidates:
-        record = latest_record(instance, TRAINED_MODEL, candidate.name)
+        record = models.get(candidate.name)
         landed[candidate.name] = 0 if record is None else record.storage_id
         if dataset_key is not None and not ("all" in force or candidate.name in force):
             key = model_memo_key(dataset_key, candidate, settings)
@@ -153,9 +154,8 @@ def serving_is_current(instance: DagsterInstance, settings: Settings, store: Art
     except ArtifactError:
         return False
     seen = {(e["name"], e["model_key"]) for e in selection["leaderboard"] if e["model_key"]}
-    for candidate in settings.candidates:
-        record = latest_record(instance, TRAINED_MODEL, candidate.name)
-        if record is not None and (candidate.name, record["model_key"]) not in seen:
-            return False
+    models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
+    if any((name, record["model_key"]) not in seen for name, record in models.items()):
+        return False
     dataset = latest_record(instance, INGESTED_DATASET)
     return dataset is not None and dataset["dataset_key"] == selection["dataset_key"]

@@ -6,10 +6,18 @@ then loads (and verifies) that very artifact from the store.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Failure
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    EventLogRecord,
+    Failure,
+)
 
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
@@ -70,14 +78,39 @@ def latest_record(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
         limit=1,
     ).records
-    if not records:
-        return None
-    entry = records[0].event_log_entry
-    materialization = records[0].asset_materialization
+    return _record(records[0]) if records else None
+
+
+def latest_records(
+    instance: DagsterInstance, key: AssetKey, partitions: Collection[str]
+) -> dict[str, Record]:
+    """The latest materialization of each of `partitions` that has one, in two queries however
+    many partitions there are (`candidates_sensor` plans every candidate on every tick)."""
+    if not partitions:
+        return {}
+    ids = instance.get_latest_storage_id_by_partition(
+        key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions)
+    )
+    if not ids:
+        return {}
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())), limit=len(ids)
+    ).records
+    found = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.partition is not None:
+            found[materialization.partition] = _record(record)
+    return found
+
+
+def _record(event: EventLogRecord) -> Record:
+    entry = event.event_log_entry
+    materialization = event.asset_materialization
     assert materialization is not None
     metadata = {name: value.value for name, value in materialization.metadata.items()}
     version = materialization.tags.get("dagster/data_version") if materialization.tags else None
-    return Record(metadata, entry.run_id, entry.timestamp, version, records[0].storage_id)
+    return Record(metadata, entry.run_id, entry.timestamp, version, event.storage_id)
 
 
 def require_record(instance: DagsterInstance, key: AssetKey, why: str) -> Record:

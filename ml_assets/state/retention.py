@@ -17,7 +17,7 @@ from ml_assets.core.names import (
     prediction_key,
 )
 from ml_assets.core.process import process_gone
-from ml_assets.state.records import latest_record, recorded_artifact
+from ml_assets.state.records import latest_record, latest_records, recorded_artifact
 from ml_assets.state.runs import IN_PROGRESS_STATUSES
 from ml_assets.storage.artifacts import SELECTION_FILE, read_json
 from ml_assets.storage.store import ArtifactError, ArtifactStore, GcReport
@@ -37,9 +37,8 @@ def protected_entries(
             *(prediction_key(rank) for rank in range(1, settings.selection.top_k + 1)),
         )
     ]
-    latest += [
-        (TRAINED_MODEL, latest_record(instance, TRAINED_MODEL, c.name)) for c in settings.candidates
-    ]
+    models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
+    latest += [(TRAINED_MODEL, record) for record in models.values()]
     keep: set[tuple[str, str]] = set()
     for key, record in latest:
         if record is not None and (named := recorded_artifact(key, record)) is not None:
