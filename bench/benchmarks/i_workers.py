@@ -1,7 +1,8 @@
 """i. Past one machine: training on Celery workers, the instance on Postgres.
 
-Cold `ml-assets run --mode sync` on digits with 8 forest candidates (one thread each), on this
-machine's Postgres and RabbitMQ, each run with a fresh database and queues of its own:
+Cold `ml-assets run --mode sync` on the YouTube-8M-shaped videos with the video candidates (one
+thread each; the workload of a–d), on this machine's Postgres and RabbitMQ, each run with a
+fresh database and queues of its own:
 
 - **workers**: the training phase with 1, 2 and 4 training workers (`max_concurrent` = workers);
 - **Postgres + Celery / SQLite + in-process** (the default), both at 2: the whole cold run;
@@ -9,11 +10,12 @@ machine's Postgres and RabbitMQ, each run with a fresh database and queues of it
   dequeue) to its `trained_model` step's start, on
   warm Celery workers, in the sync mode's reused run processes, and in a fresh process per run
   (the daemon's launcher; see dagster-io/dagster#19607);
-- **200 candidates**: one cold run of 200 cheap candidates on 2 workers, and what one
-  `candidates_sensor` plan costs on that instance afterwards;
+- **200 candidates**: one cold run of 200 cheap candidates on digits on each setup (SQLite +
+  in-process, Postgres + 2 Celery workers), at 2 at a time: runs per minute, then one
+  `candidates_sensor` plan (the sensor tick's main cost) and the `model_selection` step;
 - **10 machines**: a list-scheduling model (each candidate's measured fit plus the measured
   per-run overhead, on W workers), checked against the measured 1/2/4-worker walls, then asked
-  about 200 of these candidates on 10 two-core machines.
+  about 200 candidates on 10 two-core machines.
 
 Goal: 2 workers ≥ 1.7× one. The ratio to the default is measured, with no goal: on one machine
 the distributed setup can only cost (a broker, a database over TCP, a step polled once a second).
@@ -44,10 +46,11 @@ from bench.harness import (
     require_success,
     run_child,
     run_spans,
+    step_seconds,
     sync_phases,
 )
 from bench.result import Result, md_runs, md_table, new_result
-from bench.workloads import scaling_candidates, write_config
+from bench.workloads import VIDEO_CANDIDATES, scaling_candidates, video_config, write_config
 
 POSTGRES: Final = os.environ.get(
     "ML_ASSETS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/postgres"
@@ -55,23 +58,6 @@ POSTGRES: Final = os.environ.get(
 BROKER: Final = os.environ.get("ML_ASSETS_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 WORKERS: Final = (1, 2, 4)
 DIRECTORY: Final = WORK / "workers"
-
-
-def forest_candidates() -> list[dict[str, Any]]:
-    """8 candidates of a few seconds each on digits (one thread): forests of two kinds."""
-    candidates = []
-    for i in range(4):
-        candidates.append(
-            {"name": f"trees_{i}", "model": "extra_trees", "params": {"n_estimators": 200 + 50 * i}}
-        )
-        candidates.append(
-            {
-                "name": f"forest_{i}",
-                "model": "random_forest",
-                "params": {"n_estimators": 100 + 25 * i},
-            }
-        )
-    return candidates
 
 
 def _config(name: str, candidates: list[dict[str, Any]]) -> Path:
@@ -229,6 +215,15 @@ def _fit_seconds(instance: Any, run_id: str) -> float | None:
     return None
 
 
+def _selection_seconds(home: Path, timed: Timed) -> float:
+    """The `model_selection` step's seconds in the run's (last) serving run."""
+    with open_instance(home) as instance:
+        serving = [s for s in run_spans(instance, timed.started_at) if s.job == "serve_job"]
+        if not serving:
+            raise BenchError(f"{home}: no serving run")
+        return step_seconds(instance, serving[-1].run_id).get("model_selection", float("nan"))
+
+
 def simulate(durations: Sequence[float], workers: int) -> float:
     """The makespan of running `durations` in order, each on the first free of `workers`
     (what the run queue and the training pool do)."""
@@ -258,7 +253,7 @@ def _plan_seconds(home: Path, config: Path) -> float:
 
 def bench_workers(ctx: Context) -> Result:
     result = new_result("i")
-    config = _config("forests", forest_candidates())
+    config = video_config(ctx, DIRECTORY)
     runs: dict[str, list[Measured]] = {}
     sync2 = ["--mode", "sync", "--max-concurrent", "2"]
     for r in range(ctx.repeats):
@@ -339,8 +334,19 @@ def bench_workers(ctx: Context) -> Result:
             ],
         ),
     ]
+    warm = median([v for m in runs["w2"] for v in m.request_to_fit])
+    fresh = median([v for m in runs["async"] for v in m.request_to_fit])
+    reused = median([v for m in runs["local"] for v in m.request_to_fit])
+    result.details += [
+        "",
+        f"A process that is already up starts the fit {fresh / max(warm, reused):.0f}× sooner "
+        f"than a fresh one ({fresh:.1f}s: interpreter, imports, loading the definitions, "
+        "resources); the local default already keeps its run processes warm in `--mode sync` "
+        f"({reused:.2f}s), while the daemon's launcher starts one per run. Celery workers on one "
+        f"machine ({warm:.2f}s, plus a broker) are the way to warm processes under the daemon.",
+    ]
     # The model: each candidate's fit plus the per-run overhead, measured with 1 worker.
-    names = [c["name"] for c in forest_candidates()]
+    names = [c["name"] for c in VIDEO_CANDIDATES]
     fits = [median([m.fits[n] for m in runs["w1"] if n in m.fits]) for n in names]
     overhead = median([v for m in runs["w1"] for v in m.overheads])
     durations = [f + overhead for f in fits]
@@ -360,32 +366,60 @@ def bench_workers(ctx: Context) -> Result:
             rows,
         ),
     ]
-    # 200 candidates, once: a real cold run, then one sensor plan on it.
+    # 200 cheap candidates, once on each setup: runs per minute, the sensor plan, selection.
     config200 = _config("cheap200", scaling_candidates(200))
+    scale: dict[str, tuple[Measured, float, float]] = {}
+    local200 = _local(ctx, "local-200", config200, sync2)
+    home = DIRECTORY / "homes" / "local-200"
+    scale["SQLite + in-process"] = (
+        local200,
+        _plan_seconds(home, config200),
+        _selection_seconds(home, local200.timed),
+    )
     home = fresh_dir(DIRECTORY / "homes" / "celery-200")
     with _distributed(ctx, home, config200, 2) as env:
-        big = _cold(
-            ctx, "celery-200", home, config200, ["--mode", "sync", "--max-concurrent", "2"], env
+        big = _cold(ctx, "celery-200", home, config200, sync2, env)
+        scale["Postgres + Celery (2 workers)"] = (
+            big,
+            _plan_seconds(home, config200),
+            _selection_seconds(home, big.timed),
         )
-        plan = _plan_seconds(home, config200)
-    per = big.training / 200
-    cheap = [f + median(big.overheads) for f in big.fits.values()]
-    ten = {
-        "these 8 forests, ×25 (200)": simulate(durations * 25, 20),
-        "the 200 cheap candidates": simulate(cheap, 20),
-    }
-    fit_median = median(list(big.fits.values()))
-    predictions = "; ".join(
-        f"{name}: {seconds:.0f}s (1 worker: {simulate(d, 1):.0f}s)"
-        for (name, seconds), d in zip(ten.items(), [durations * 25, cheap], strict=True)
-    )
+    rows = [
+        [
+            name,
+            f"{m.training:.0f}",
+            f"{200 / m.training * 60:.0f}",
+            f"{median(list(m.fits.values())):.3f}",
+            f"{median(m.overheads):.2f}",
+            f"{plan * 1000:.0f}",
+            f"{selection:.2f}",
+        ]
+        for name, (m, plan, selection) in scale.items()
+    ]
     result.details += [
         "",
-        f"200 cheap candidates (naive Bayes, trees) on 2 workers: cold run "
-        f"{big.timed.seconds:.1f}s, training phase {big.training:.1f}s ({per:.2f}s per "
-        f"candidate, of which fitting {fit_median:.3f}s and run overhead "
-        f"{median(big.overheads):.2f}s, median); one `candidates_sensor` plan over the 200 "
-        f"afterwards: {plan * 1000:.0f} ms (Postgres).",
+        "200 cheap candidates (naive Bayes and trees on digits), 2 at a time, cold:",
+        "",
+        *md_table(
+            [
+                "",
+                "training phase (s)",
+                "training runs per minute",
+                "fit per run (s), median",
+                "overhead per run (s), median",
+                "`candidates_sensor` plan (ms)",
+                "`model_selection` step (s)",
+            ],
+            rows,
+        ),
+    ]
+    cheap = [f + median(big.overheads) for f in big.fits.values()]
+    ten = {"the 6 video candidates, ×34 (204)": durations * 34, "the 200 cheap candidates": cheap}
+    predictions = "; ".join(
+        f"{name}: {simulate(d, 20):.0f}s (one worker: {simulate(d, 1):.0f}s)"
+        for name, d in ten.items()
+    )
+    result.details += [
         "",
         "Predicted training phase on 10 two-core machines (20 training workers), from the "
         f"model above: {predictions}. The model assumes what it cannot see here: every worker "
