@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +33,9 @@ from ml_assets.core.workers import (
     celery_settings,
     queue_name,
 )
+from ml_assets.defs.executor import in_celery_worker
 from ml_assets.state.records import latest_record
+from ml_assets.state.runs import run_error_text
 from ml_assets.storage.store import ArtifactStore
 from ml_assets_tests.faults import (
     assert_every_visible_artifact_verifies,
@@ -401,3 +404,33 @@ def test_both_sides_name_the_deployment_s_queues_and_results_backend() -> None:
     assert backend_url("redis://h:6379/3", {}) == "redis://h:6379/3"
     assert backend_url("amqp://g@h//", {}) == "rpc://"
     assert backend_url("amqp://g@h//", {"ML_ASSETS_CELERY_BACKEND": "redis://r/1"}) == "redis://r/1"
+
+
+def test_a_run_failed_by_its_workers_names_every_step_that_failed() -> None:
+    @dataclass(frozen=True)
+    class Error:
+        message: str
+        cls_name: str | None = "DagsterSubprocessError"
+        cause: None = None
+
+    trace = '\n\nStack Trace:\n  File "x.py", line 1, in f\n    raise\n'
+    message = (
+        "dagster._core.errors.DagsterSubprocessError: During celery execution errors occurred "
+        "in workers:\n[trained_model]: billiard.exceptions.WorkerLostError: Worker exited "
+        f"prematurely: signal 9 (SIGKILL) Job: 3.{trace}"
+        f"[predictions_rank_1]: OSError: [Errno 28] No space left on device{trace}"
+    )
+    assert run_error_text(Error(message)) == (
+        "a step's worker process failed: [trained_model]: billiard.exceptions.WorkerLostError: "
+        "Worker exited prematurely: signal 9 (SIGKILL) Job: 3.; [predictions_rank_1]: OSError: "
+        "[Errno 28] No space left on device"
+    )
+    assert run_error_text(Error(f"ValueError: bad\nsecond line{trace}")) == (
+        "ValueError: bad; second line"
+    )
+
+
+def test_outside_a_celery_task_a_step_is_not_on_a_worker() -> None:
+    import celery  # noqa: F401  (imported, as the executor does: no task runs here)
+
+    assert in_celery_worker() is False

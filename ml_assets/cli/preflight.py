@@ -89,12 +89,23 @@ def _check_object_store(url: str, where: str) -> None:
     except ValueError as error:  # a protocol fsspec does not know
         raise StoreLocationError(f"{where}: {error}") from None
     probe = f"{base}/.probe-{uuid.uuid4().hex}"
+    step = "write"
     try:
         fs.pipe_file(probe, b"")
+        step = "read"
+        fs.cat_file(probe)
+        step = "list"
+        fs.invalidate_cache(base)
+        fs.ls(base, detail=False)
+        step = "delete"
         fs.rm_file(probe)
     except Exception as error:  # each object store raises its own client's errors
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise StoreLocationError(f"{where}: not writable: {reason}") from None
+        left = f"; remove {probe} by hand" if step != "write" else ""
+        raise StoreLocationError(
+            f"{where}: cannot {step} there (the store writes, reads, lists and deletes): "
+            f"{reason}{left}"
+        ) from None
 
 
 def _check_folder(root: Path, where: str) -> None:

@@ -33,6 +33,16 @@ _SETTINGS: Final[Mapping[str, Any]] = {
     "task_reject_on_worker_lost": False,
     "broker_connection_retry_on_startup": True,
 }
+_TRANSPORT_OPTIONS: Final[Mapping[str, Any]] = {
+    # dagster-celery's own defaults (this key replaces its whole dict)…
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+    # …and, for Redis, how long an unacknowledged step waits before another worker is given it:
+    # with late acknowledgement, a fit longer than Redis's default hour would run twice.
+    "visibility_timeout": 24 * 3600,
+}
 
 
 def queue_name(queue: str, environ: Mapping[str, str] | None = None) -> str:
@@ -45,7 +55,11 @@ def celery_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Celery settings shared by the executor (which sends) and `ml-assets worker` (which
     consumes): they must agree. A step with no queue tag (the checks) goes to the serving
     queue, not to Celery's default, which no `ml-assets worker` listens on."""
-    return {**_SETTINGS, "task_default_queue": queue_name(SERVING_QUEUE, environ)}
+    return {
+        **_SETTINGS,
+        "task_default_queue": queue_name(SERVING_QUEUE, environ),
+        "broker_transport_options": dict(_TRANSPORT_OPTIONS),
+    }
 
 
 def broker_url(environ: Mapping[str, str] | None = None) -> str | None:

@@ -114,6 +114,7 @@ def in_celery_worker() -> bool:
 
     if "celery" not in sys.modules:
         return False
-    from celery import current_task
+    from celery._state import get_current_task  # `celery.current_task` is a proxy: never None
 
-    return current_task is not None and bool(current_task.request.id)
+    task = get_current_task()
+    return task is not None and bool(task.request.id)

@@ -86,14 +86,16 @@ _WORKERS_FAILED: Final = "During celery execution errors occurred in workers:"
 
 def run_error_text(error: ErrorInfo) -> str:
     """The error a run failed on outside any step's own report, in one line: e.g. the Celery
-    worker process executing a step died ("[trained_model]: …WorkerLostError: Worker exited
-    prematurely: signal 9 (SIGKILL)"), where Dagster's run message only says "An exception
-    was thrown during execution"."""
-    text = error.message.split("\nStack Trace:")[0].strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    worker processes executing its steps died ("[trained_model]: …WorkerLostError: Worker
+    exited prematurely: signal 9 (SIGKILL)"), where Dagster's run message only says "An
+    exception was thrown during execution"."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
     if lines and lines[0].endswith(_WORKERS_FAILED):
-        return "a step's worker process failed: " + "; ".join(lines[1:])
-    return "; ".join(lines)
+        # One "[step]: error" line per failed step, each followed by its stack trace.
+        steps = [line for line in lines[1:] if line.startswith("[")]
+        return "a step's worker process failed: " + "; ".join(steps)
+    head = error.message.split("\nStack Trace:")[0]
+    return "; ".join(line.strip() for line in head.splitlines() if line.strip())
 
 
 class StepFailure(Protocol):

@@ -1,19 +1,25 @@
 """The artifact store on an object store (`ML_ASSETS_STORE=s3://bucket/prefix`, any fsspec URL),
 used through a verified local cache on each machine.
 
-Same layout and guarantees as the local store (`store.py`): `<kind>/<key>/` holds the files and
-their `MANIFEST.json`, whose SHA-256 is the artifact's digest. What differs, because an object
-store has no rename:
+An artifact is what the local store (`store.py`) makes of it: files plus a `MANIFEST.json` of
+their SHA-256s, whose own SHA-256 is the digest the instance records. On the object store, which
+has no rename:
 
-- **Publishing.** An artifact is built and verified in the local cache first, then uploaded: its
-  files, then the manifest, last. The manifest is the publication: until it is there, readers see
-  no artifact; once it is, every file it lists is. Replacing a damaged artifact takes its manifest
-  away first. Writers of one key write the same content (keys are content hashes).
-- **Reading.** `verify` uses the local copy when intact; otherwise it downloads the artifact into
-  a private staging folder, publishes it in the cache by one rename, and checks every file's
-  SHA-256 (and the recorded digest) before anything loads it.
-- **Bookkeeping and GC** live on the object store (`<key>.entry.json`), so every machine's hits
-  count and one collection serves them all; a deleted artifact loses its manifest first.
+    <kind>/<key>/objects/<sha256>   each file's bytes, named by their hash (never other bytes)
+    <kind>/<key>/MANIFEST.json      the publication, written last
+    <kind>/<key>.entry.json         GC bookkeeping, written after the manifest, deleted first
+
+- **Publishing.** An artifact is built and verified in the local cache, its objects uploaded,
+  then its manifest: until the manifest is there, readers see no artifact; once it is, every
+  object it names is there (objects are named by content, so no writer changes one under it).
+  The first intact publication of a key wins: a later writer adopts it (its digest is what gets
+  recorded), and a damaged one is replaced.
+- **Reading.** A local copy is used only when it is the published one (same manifest digest);
+  otherwise the artifact is downloaded into a private folder, every file checked against the
+  manifest (and the manifest against the digest the instance recorded), and only then moved into
+  the cache by one rename. A copy still cached whose publication was lost is published again.
+- **Bookkeeping and GC** live on the object store, so every machine's hits count and one
+  collection serves them all; it also drops unused local copies and abandoned uploads.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ml_assets.core.config import StoreLocation
 from ml_assets.core.keys import file_sha256
+from ml_assets.errors import redacted
 from ml_assets.storage.store import (
     KINDS,
     MANIFEST,
@@ -37,8 +45,11 @@ from ml_assets.storage.store import (
     ArtifactError,
     ArtifactStore,
     CacheEntry,
+    GcReport,
     manifest_files,
 )
+
+OBJECTS: Final = "objects"
 
 
 def open_filesystem(url: str) -> tuple[Any, str]:
@@ -69,73 +80,78 @@ class MirroredStore(ArtifactStore):
         self.url = url.rstrip("/")
         self.cache = ArtifactStore(cache_root, clock)
         self.fs, self.base = filesystem or open_filesystem(url)
+        self._listed: dict[str, set[str]] = {}  # kind → published keys, listed once per store
+
+    # --- names and errors ----------------------------------------------------------------
 
     def _remote(self, kind: str, key: str, name: str | None = None) -> str:
         self._check(kind, key)
         return f"{self.base}/{kind}/{key}" + (f"/{name}" if name else "")
 
+    def _object(self, kind: str, key: str, sha256: str) -> str:
+        return self._remote(kind, key, f"{OBJECTS}/{sha256}")
+
     def _remote_entry(self, kind: str, key: str) -> str:
         return f"{self.base}/{kind}/{key}.entry.json"
 
-    def _remote_manifest(self, kind: str, key: str) -> bytes | None:
+    @contextlib.contextmanager
+    def _remote_errors(self, kind: str, key: str, action: str) -> Iterator[None]:
+        """The object store's own errors (botocore's, gcsfs's…) as an `ArtifactError` naming
+        the artifact and the store; a missing object stays `FileNotFoundError`."""
         try:
-            data: bytes = self.fs.cat_file(self._remote(kind, key, MANIFEST))
-        except FileNotFoundError:
-            return None
+            yield
+        except (ArtifactError, FileNotFoundError):
+            raise
+        except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ArtifactError(
+                f"{kind}/{key}: cannot {action} {redacted(self.url)}: {reason}"
+            ) from error
+
+    def _remote_manifest(self, kind: str, key: str) -> bytes | None:
+        with self._remote_errors(kind, key, "read"):
+            try:
+                data: bytes = self.fs.cat_file(self._remote(kind, key, MANIFEST))
+            except FileNotFoundError:
+                return None
         return data
 
     # --- writing -------------------------------------------------------------------------
 
     def put(self, kind: str, key: str, write: Callable[[Path], object]) -> Artifact:
-        """Build and verify the artifact in the local cache, then publish it: files first, the
-        manifest last (an intact published copy of the same key is kept as it is)."""
+        """Build and verify the artifact in the local cache, then publish it, unless an intact
+        publication of the key is there already: that one is kept, and returned."""
         local = self.cache.put(kind, key, write)
-        try:
+        with self._remote_errors(kind, key, "write the artifact to"):
+            published = self._remote_manifest(kind, key)
+            if published is not None and self._remote_intact(kind, key, published):
+                self.touch(kind, key)
+                if hashlib.sha256(published).hexdigest() == local.digest:
+                    return local
+                self._download(kind, key, published)  # the first publication wins
+                return self.cache.verify(kind, key, hashlib.sha256(published).hexdigest())
             self._publish(local)
-        except OSError as error:
-            raise ArtifactError(
-                f"{kind}/{key}: cannot write the artifact to {self.url}: {error} "
-                "(the previous artifacts are untouched)"
-            ) from error
         return local
 
     def _publish(self, local: Artifact) -> None:
         kind, key = local.kind, local.key
-        published = self._remote_manifest(kind, key)
-        # Published already (another writer of the same key, or a damaged copy a reader refused,
-        # which is why this artifact was built again): kept if intact.
-        same = published is not None and hashlib.sha256(published).hexdigest() == local.digest
-        if same and published is not None and self._remote_intact(kind, key, published):
-            self.touch(kind, key)
-            return
-        if published is not None:  # damaged or other content: unpublish before replacing
-            self.fs.rm_file(self._remote(kind, key, MANIFEST))
-        for file in sorted(local.path.iterdir()):
-            if file.name != MANIFEST:
-                self.fs.put_file(str(file), self._remote(kind, key, file.name))
-        self.fs.put_file(str(local.path / MANIFEST), self._remote(kind, key, MANIFEST))
+        manifest = (local.path / MANIFEST).read_bytes()
+        for name, (sha256, _) in manifest_files(kind, key, manifest).items():
+            self.fs.put_file(str(local.path / name), self._object(kind, key, sha256))
+        self.fs.pipe_file(self._remote(kind, key, MANIFEST), manifest)
         now = self.clock()
         self._write_remote_entry(kind, key, created_at=now, last_hit_at=now)
+        self._listed.get(kind, set()).add(key)
 
     def _remote_intact(self, kind: str, key: str, manifest: bytes) -> bool:
-        """Every file the manifest lists is there with its SHA-256 (read back: rare, on put)."""
+        """Every object the manifest names is there with its SHA-256 (read back: on put only)."""
         try:
-            for name, (sha256, _) in manifest_files(kind, key, manifest).items():
+            for sha256, _ in manifest_files(kind, key, manifest).values():
                 digest = hashlib.sha256()
-                with self.fs.open(self._remote(kind, key, name), "rb") as handle:
+                with self.fs.open(self._object(kind, key, sha256), "rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
                         digest.update(block)
                 if digest.hexdigest() != sha256:
-                    return False
-        except (FileNotFoundError, ArtifactError):
-            return False
-        return True
-
-    def _remote_files_complete(self, kind: str, key: str, manifest: bytes) -> bool:
-        self.fs.invalidate_cache(self._remote(kind, key))  # listings cached by another step
-        try:
-            for name, (_, size) in manifest_files(kind, key, manifest).items():
-                if self.fs.info(self._remote(kind, key, name))["size"] != size:
                     return False
         except (FileNotFoundError, ArtifactError):
             return False
@@ -147,23 +163,32 @@ class MirroredStore(ArtifactStore):
         return self.cache.path(kind, key)
 
     def verify(self, kind: str, key: str, digest: str | None = None) -> Artifact:
-        """The artifact from the local cache, downloaded first when missing or damaged there;
-        every file checked against the manifest (and the manifest against `digest`)."""
-        try:
-            return self.cache.verify(kind, key, digest)
-        except ArtifactError:
-            pass
+        """The published artifact from the local cache, downloaded first when the cache does
+        not hold that very publication; every file checked against the manifest (and the
+        manifest against `digest`)."""
         manifest = self._remote_manifest(kind, key)
         if manifest is None:
-            raise ArtifactError(f"{kind}/{key}: artifact missing or incomplete ({self.url})")
+            try:
+                local = self.cache.verify(kind, key, digest)
+            except ArtifactError:
+                raise ArtifactError(
+                    f"{kind}/{key}: artifact missing or incomplete ({redacted(self.url)})"
+                ) from None
+            with self._remote_errors(kind, key, "write the artifact to"):
+                self._publish(local)  # cached here, unpublished since (a failed upload, GC)
+            return local
         actual = hashlib.sha256(manifest).hexdigest()
         if digest is not None and actual != digest:
             raise ArtifactError(
                 f"{kind}/{key}: manifest hash {actual[:12]}… does not match the recorded "
-                f"{digest[:12]}…; refusing to use it ({self.url})"
+                f"{digest[:12]}…; refusing to use it ({redacted(self.url)})"
             )
+        with contextlib.suppress(ArtifactError):
+            artifact = self.cache.verify(kind, key, actual)
+            self.cache.touch(kind, key)  # the local copy's own GC clock
+            return artifact
         self._download(kind, key, manifest)
-        return self.cache.verify(kind, key, digest)
+        return self.cache.verify(kind, key, actual)
 
     def _download(self, kind: str, key: str, manifest: bytes) -> None:
         """Into a private folder, each file checked against the manifest, then into the cache
@@ -175,29 +200,61 @@ class MirroredStore(ArtifactStore):
         try:
             for name, (sha256, size) in manifest_files(kind, key, manifest).items():
                 file = staging / name
-                try:
-                    self.fs.get_file(self._remote(kind, key, name), str(file))
-                except FileNotFoundError:
-                    raise ArtifactError(
-                        f"{kind}/{key}: file {name} is missing ({self.url})"
-                    ) from None
+                with self._remote_errors(kind, key, "read"):
+                    try:
+                        self.fs.get_file(self._object(kind, key, sha256), str(file))
+                    except FileNotFoundError:
+                        raise ArtifactError(
+                            f"{kind}/{key}: file {name} is missing ({redacted(self.url)})"
+                        ) from None
                 if file.stat().st_size != size or file_sha256(file) != sha256:
                     raise ArtifactError(
                         f"{kind}/{key}: file {name} fails its SHA-256 check (truncated or "
-                        f"altered in {self.url})"
+                        f"altered in {redacted(self.url)})"
                     )
             (staging / MANIFEST).write_bytes(manifest)
-            if final.exists():
-                self.cache._discard(final)  # a damaged local copy
-            with contextlib.suppress(OSError):  # another reader published the same copy
-                staging.rename(final)
+            self._replace_cached(kind, key, staging, hashlib.sha256(manifest).hexdigest())
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _replace_cached(self, kind: str, key: str, staging: Path, digest: str) -> None:
+        """Move a verified download into the cache, unless another process of this machine put
+        the same publication there meanwhile (it may be reading it)."""
+        final = self.cache.path(kind, key)
+        if final.exists():
+            try:
+                self.cache.verify(kind, key, digest)
+                return
+            except ArtifactError:
+                with contextlib.suppress(FileNotFoundError):
+                    self.cache._discard(final)  # another publication, or damaged
+        with contextlib.suppress(OSError):  # another process renamed the same copy in first
+            staging.rename(final)
+        now = self.clock()
+        self.cache._write_entry(kind, key, created_at=now, last_hit_at=now)
+
+    def _published(self, kind: str) -> set[str]:
+        """Keys with bookkeeping on the object store (published; written after the manifest,
+        deleted before it): one listing per kind for the life of this store object."""
+        if kind not in self._listed:
+            keys: set[str] = set()
+            with self._remote_errors(kind, "listing", "list"):
+                self.fs.invalidate_cache(f"{self.base}/{kind}")
+                with contextlib.suppress(FileNotFoundError):
+                    for path in self.fs.ls(f"{self.base}/{kind}", detail=False):
+                        name = str(path).rstrip("/").rsplit("/", 1)[-1]
+                        if name.endswith(".entry.json"):
+                            keys.add(name.removesuffix(".entry.json"))
+            self._listed[kind] = keys
+        return self._listed[kind]
+
     def present(self, kind: str, key: str, digest: str | None = None) -> bool:
-        """True when the local copy is intact, or the object store has the manifest (matching
-        `digest`) and every file it lists at its size. Files are hashed when a step loads them,
-        not here: planning asks on every sensor tick."""
+        """True when the key is published and its manifest matches `digest`, with the cached
+        copy intact or every object there at its size. Files are hashed when a step loads
+        them, not here: planning asks on every sensor tick (one listing per kind, then one
+        read per artifact not cached here)."""
+        if key not in self._published(kind):
+            return False
         if self.cache.present(kind, key, digest):
             return True
         manifest = self._remote_manifest(kind, key)
@@ -205,7 +262,14 @@ class MirroredStore(ArtifactStore):
             return False
         if digest is not None and hashlib.sha256(manifest).hexdigest() != digest:
             return False
-        return self._remote_files_complete(kind, key, manifest)
+        with self._remote_errors(kind, key, "read"):
+            try:
+                for sha256, size in manifest_files(kind, key, manifest).values():
+                    if self.fs.info(self._object(kind, key, sha256))["size"] != size:
+                        return False
+            except (FileNotFoundError, ArtifactError):
+                return False
+        return True
 
     def find(self, kind: str, key: str) -> tuple[Artifact | None, str | None]:
         try:
@@ -219,7 +283,8 @@ class MirroredStore(ArtifactStore):
         self, kind: str, key: str, *, created_at: float, last_hit_at: float
     ) -> None:
         body = {"created_at": created_at, "last_hit_at": last_hit_at}
-        self.fs.pipe_file(self._remote_entry(kind, key), json.dumps(body).encode())
+        with self._remote_errors(kind, key, "write to"):
+            self.fs.pipe_file(self._remote_entry(kind, key), json.dumps(body).encode())
 
     def entry(self, kind: str, key: str) -> CacheEntry | None:
         manifest = self._remote_manifest(kind, key)
@@ -230,9 +295,10 @@ class MirroredStore(ArtifactStore):
         except ArtifactError:
             size = 0
         try:
-            body = json.loads(self.fs.cat_file(self._remote_entry(kind, key)))
+            with self._remote_errors(kind, key, "read"):
+                body = json.loads(self.fs.cat_file(self._remote_entry(kind, key)))
             created, hit = float(body["created_at"]), float(body["last_hit_at"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (FileNotFoundError, ArtifactError, ValueError, KeyError, TypeError):
             now = self.clock()  # no bookkeeping: as just created, so GC waits a full period
             self._write_remote_entry(kind, key, created_at=now, last_hit_at=now)
             created = hit = now
@@ -249,29 +315,80 @@ class MirroredStore(ArtifactStore):
 
     def entries(self, kinds: Iterable[str] = KINDS) -> Iterator[CacheEntry]:
         for kind in kinds:
-            self.fs.invalidate_cache(f"{self.base}/{kind}")
-            try:
-                listed = self.fs.ls(f"{self.base}/{kind}", detail=True)
-            except FileNotFoundError:
-                continue
-            for info in sorted(listed, key=lambda i: str(i["name"])):
-                name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
-                if info["type"] == "directory" and not name.startswith("."):
-                    with contextlib.suppress(ValueError):  # not a key this store writes
-                        entry = self.entry(kind, name)
-                        if entry is not None:
-                            yield entry
+            self._listed.pop(kind, None)  # GC wants the listing of now
+            for key in sorted(self._published(kind)):
+                with contextlib.suppress(ValueError):  # not a key this store writes
+                    entry = self.entry(kind, key)
+                    if entry is not None:
+                        yield entry
 
     def _discard(self, path: Path) -> None:
+        """Unpublish (bookkeeping first, then the manifest), then remove the objects and this
+        machine's copy."""
         kind, key = path.parent.name, path.name
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self._remote(kind, key, MANIFEST))  # unpublished first
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self._remote(kind, key), recursive=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self._remote_entry(kind, key))
+        with self._remote_errors(kind, key, "delete from"):
+            for target in (self._remote_entry(kind, key), self._remote(kind, key, MANIFEST)):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(target)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(self._remote(kind, key), recursive=True)
+        self._listed.get(kind, set()).discard(key)
         if path.exists():
-            self.cache._discard(path)
+            with contextlib.suppress(FileNotFoundError):
+                self.cache._discard(path)
+
+    def collect_garbage(
+        self,
+        retention_seconds: float,
+        protected: set[tuple[str, str]],
+        *,
+        dry_run: bool = False,
+        keep_hit_since: float | None = None,
+    ) -> GcReport:
+        """The local store's rules over the object store's entries (the report), then over
+        this machine's cached copies; uploads abandoned before their manifest are removed once
+        older than the retention."""
+        report = super().collect_garbage(
+            retention_seconds, protected, dry_run=dry_run, keep_hit_since=keep_hit_since
+        )
+        self.cache.collect_garbage(
+            retention_seconds, protected, dry_run=dry_run, keep_hit_since=keep_hit_since
+        )
+        if not dry_run:
+            stale = self.clock() - retention_seconds
+            self._remove_abandoned_uploads(
+                stale if keep_hit_since is None else min(stale, keep_hit_since)
+            )
+        return report
+
+    def _remove_abandoned_uploads(self, older_than: float) -> None:
+        for kind in KINDS:
+            published = self._published(kind)
+            with self._remote_errors(kind, "uploads", "list"):
+                try:
+                    listed = self.fs.ls(f"{self.base}/{kind}", detail=True)
+                except FileNotFoundError:
+                    continue
+                for info in listed:
+                    key = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
+                    if info["type"] != "directory" or key in published:
+                        continue
+                    folder = f"{self.base}/{kind}/{key}"
+                    self.fs.invalidate_cache(folder)
+                    found = self.fs.find(folder, detail=True)
+                    times = [_modified(meta) for meta in found.values()]
+                    if times and None not in times and max(t or 0.0 for t in times) < older_than:
+                        self.fs.rm(folder, recursive=True)
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """When an object was last written, as fsspec filesystems report it (None: not said)."""
+    value = info.get("LastModified", info.get("mtime"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return None
 
 
 def open_store(location: StoreLocation, clock: Callable[[], float] = time.time) -> ArtifactStore:
