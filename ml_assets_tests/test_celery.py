@@ -8,6 +8,7 @@ skipped with the reason. Each test has queues of its own (`ML_ASSETS_CELERY_NAME
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -212,6 +213,10 @@ def test_two_training_workers_fit_every_candidate_and_say_where(
         assert hosts and all(h.startswith("ml-assets-serving-") for h in hosts), hosts
     visible = assert_every_visible_artifact_verifies(ArtifactStore(shared))
     assert sum(kind == "models" for kind, _ in visible) == 4
+    # `ml-assets status` says where each model was fit.
+    status = run_cli(["status", "--json"], tmp_path / "home", config)
+    board = {e["name"]: e["worker"] for e in json.loads(status.stdout)["leaderboard"]}
+    assert board == {name: f"{host}:{pid}" for name, (host, pid) in where.items()}
     assert not (tmp_path / "home" / "store").exists(), "nothing in the home's own store"
 
 

@@ -7,10 +7,15 @@ from typing import Any
 from dagster import DagsterInstance
 
 from ml_assets.core.config import Settings
-from ml_assets.core.names import AGGREGATED_PREDICTIONS, INGESTED_DATASET, MODEL_SELECTION
+from ml_assets.core.names import (
+    AGGREGATED_PREDICTIONS,
+    INGESTED_DATASET,
+    MODEL_SELECTION,
+    TRAINED_MODEL,
+)
 from ml_assets.ml.ranking import rank
 from ml_assets.state.leaderboard import leaderboard
-from ml_assets.state.records import latest_record
+from ml_assets.state.records import latest_record, latest_records
 from ml_assets.storage.store import ArtifactStore
 
 
@@ -32,8 +37,14 @@ def collect_status(
         "records": dataset["records"],
         "entities": dataset["entities"],
     }
+    models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
     status["leaderboard"] = [
-        e.as_dict() for e in rank(leaderboard(instance, settings, dataset["dataset_key"], store))
+        {
+            **e.as_dict(),
+            # Where the model was fit (`host:pid`), for a landed one.
+            "worker": models[e.name].get("worker") if e.model_key and e.name in models else None,
+        }
+        for e in rank(leaderboard(instance, settings, dataset["dataset_key"], store))
     ]
     selection = latest_record(instance, MODEL_SELECTION)
     if selection is not None:
@@ -64,12 +75,17 @@ def format_status(status: dict[str, Any], min_score: float) -> str:
         "",
     ]
     lines.append(f"Leaderboard (bar: score >= {min_score:.2f})")
-    lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}  note")
+    workers = any(e.get("worker") for e in status["leaderboard"])
+    where = f"  {'fit on':<24}" if workers else ""
+    lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}{where}  note")
     selected = set(status["selection"]["selected"]) if status["selection"] else set()
     for e in status["leaderboard"]:
         score = "" if e["score"] is None else f"{e['score']:.4f}"
         mark = " *" if e["name"] in selected else ""
-        lines.append(f"  {e['name'] + mark:<24} {e['status']:<8} {score:>7}  {e['note']}")
+        fit_on = f"  {e.get('worker') or '':<24}" if workers else ""
+        lines.append(
+            f"  {e['name'] + mark:<24} {e['status']:<8} {score:>7}{fit_on}  {e['note']}".rstrip()
+        )
     lines.append("  (* selected)")
     if status["selection"]:
         lines.append(f"\nSelected: {', '.join(status['selection']['selected'])}")
