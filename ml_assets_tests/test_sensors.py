@@ -521,3 +521,24 @@ def test_the_latest_model_of_every_candidate_in_one_read_matches_one_by_one(
         alone = latest_record(small.instance, AssetKey("trained_model"), name)
         assert alone is not None and together[name] == alone
     assert together[trained[0]].storage_id > min(r.storage_id for r in together.values())
+
+
+def test_the_latest_run_of_every_candidate_in_pages(
+    small: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leaderboard reads each partition's latest run with a few queries, paging newest
+    first until every candidate has one (or there are no more runs)."""
+    from ml_assets.state import leaderboard as board
+
+    monkeypatch.setattr(board, "_RUNS_PAGE", 2)
+    ids: dict[str, list[str]] = {}
+    for name in ["a", "b", "a", "a", "a", "c", "a"]:  # b's only run is old: several pages back
+        run_id = str(uuid.uuid4())
+        small.instance.add_run(
+            DagsterRun(job_name="train_job", run_id=run_id, tags={"dagster/partition": name})
+        )
+        ids.setdefault(name, []).append(run_id)
+    latest = board._latest_runs(small.instance, ["a", "b", "c", "never"])
+    assert {name: run.run_id for name, run in latest.items()} == {
+        name: runs[-1] for name, runs in ids.items()
+    }

@@ -7,7 +7,16 @@ why (its invalid config, or its last run's error).
 
 from __future__ import annotations
 
-from dagster import AssetPartitionStatus, DagsterInstance, DagsterRunStatus, RunsFilter
+from collections.abc import Sequence
+from typing import Final
+
+from dagster import (
+    AssetPartitionStatus,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunsFilter,
+)
 
 from ml_assets.core.config import CandidateConfig, Settings
 from ml_assets.core.names import PARTITION_TAG, TRAINED_MODEL
@@ -18,6 +27,8 @@ from ml_assets.state.records import Record, latest_records
 from ml_assets.state.runs import RunFailure, run_failure
 from ml_assets.storage.artifacts import read_training_meta
 from ml_assets.storage.store import ArtifactError, ArtifactStore
+
+_RUNS_PAGE: Final = 500
 
 
 def leaderboard(
@@ -32,6 +43,7 @@ def leaderboard(
     """
     names = [c.name for c in settings.candidates]
     statuses = instance.get_status_by_partition(TRAINED_MODEL, names, candidates_partitions) or {}
+    latest_runs = _latest_runs(instance, names)
     models = latest_records(instance, TRAINED_MODEL, names)
     entries = []
     for candidate in settings.candidates:
@@ -41,7 +53,9 @@ def leaderboard(
         # From the partition's latest run, not the partition status: Dagster's status cache
         # may not show FAILED yet when the run's failure is already recorded.
         failure = (
-            None if status == AssetPartitionStatus.IN_PROGRESS else _last_failure(instance, name)
+            None
+            if status == AssetPartitionStatus.IN_PROGRESS
+            else _failure(instance, latest_runs.get(name), name)
         )
         if record is None:
             if status == AssetPartitionStatus.IN_PROGRESS:
@@ -108,12 +122,30 @@ def _one_line(text: str, name: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _last_failure(instance: DagsterInstance, name: str) -> RunFailure | None:
-    """The error of the partition's latest run, when that run failed (sensor, CLI or UI)."""
-    records = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: name}), limit=1)
-    if not records or records[0].dagster_run.status != DagsterRunStatus.FAILURE:
+def _latest_runs(instance: DagsterInstance, names: Sequence[str]) -> dict[str, DagsterRun]:
+    """The latest run of each candidate's partition (sensor, CLI or UI), newest first in pages:
+    a few queries for every candidate, not one each."""
+    latest: dict[str, DagsterRun] = {}
+    wanted, cursor = set(names), None
+    while wanted - set(latest):
+        records = instance.get_run_records(
+            RunsFilter(tags={PARTITION_TAG: sorted(wanted - set(latest))}),
+            limit=_RUNS_PAGE,
+            cursor=cursor,
+        )
+        for record in records:
+            latest.setdefault(record.dagster_run.tags[PARTITION_TAG], record.dagster_run)
+        if len(records) < _RUNS_PAGE:
+            break
+        cursor = records[-1].dagster_run.run_id
+    return latest
+
+
+def _failure(instance: DagsterInstance, run: DagsterRun | None, name: str) -> RunFailure | None:
+    """The error of the partition's latest run, when that run failed."""
+    if run is None or run.status != DagsterRunStatus.FAILURE:
         return None
-    failure = run_failure(instance, records[0].dagster_run.run_id)
+    failure = run_failure(instance, run.run_id)
     return RunFailure(_one_line(failure.message, name), failure.user_error)
 
 
