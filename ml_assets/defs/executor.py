@@ -25,16 +25,17 @@ from ml_assets.core.process import process_tag
 from ml_assets.core.workers import backend_url, broker_url, celery_settings, queue_name
 
 
+def _celery_config(broker: str) -> dict[str, Any]:
+    """The executor's config: the one source of what both sides build their Celery app from."""
+    return {"broker": broker, "backend": backend_url(broker), "config_source": celery_settings()}
+
+
 def celery_app_args(broker: str) -> dict[str, Any]:
     """The Celery app both sides build: the executor sends with it, a worker consumes with it."""
     from dagster_celery.executor import CeleryExecutor
 
-    return CeleryExecutor(
-        retries=RetryMode.DISABLED,  # step retries are the jobs' retry policies
-        broker=broker,
-        backend=backend_url(broker),
-        config_source=celery_settings(),
-    ).app_args()
+    # Step retries are the jobs' retry policies, not the executor's.
+    return CeleryExecutor(retries=RetryMode.DISABLED, **_celery_config(broker)).app_args()
 
 
 def _orchestrating_celery_executor() -> ExecutorDefinition:
@@ -99,13 +100,7 @@ def build_executor() -> ExecutorDefinition:
     broker = broker_url()
     if broker is None:
         return in_process_executor
-    return _orchestrating_celery_executor().configured(
-        {
-            "broker": broker,
-            "backend": backend_url(broker),
-            "config_source": celery_settings(),
-        }
-    )
+    return _orchestrating_celery_executor().configured(_celery_config(broker))
 
 
 def in_celery_worker() -> bool:

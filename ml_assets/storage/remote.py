@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from ml_assets.core.config import StoreLocation
-from ml_assets.core.keys import file_sha256
 from ml_assets.errors import redacted
 from ml_assets.storage.store import (
     KINDS,
@@ -46,6 +45,7 @@ from ml_assets.storage.store import (
     ArtifactStore,
     CacheEntry,
     GcReport,
+    check_file,
     manifest_files,
 )
 
@@ -207,11 +207,7 @@ class MirroredStore(ArtifactStore):
                         raise ArtifactError(
                             f"{kind}/{key}: file {name} is missing ({redacted(self.url)})"
                         ) from None
-                if file.stat().st_size != size or file_sha256(file) != sha256:
-                    raise ArtifactError(
-                        f"{kind}/{key}: file {name} fails its SHA-256 check (truncated or "
-                        f"altered in {redacted(self.url)})"
-                    )
+                check_file(kind, key, file, sha256, size, f" in {redacted(self.url)}")
             (staging / MANIFEST).write_bytes(manifest)
             self._replace_cached(kind, key, staging, hashlib.sha256(manifest).hexdigest())
         finally:

@@ -51,6 +51,14 @@ def manifest_files(kind: str, key: str, raw: bytes) -> dict[str, tuple[str, int]
         ) from None
 
 
+def check_file(kind: str, key: str, file: Path, sha256: str, size: int, where: str = "") -> None:
+    """`file` has the size and SHA-256 its manifest lists, or an `ArtifactError` naming it."""
+    if file.stat().st_size != size or file_sha256(file) != sha256:
+        raise ArtifactError(
+            f"{kind}/{key}: file {file.name} fails its SHA-256 check (truncated or altered{where})"
+        )
+
+
 @dataclass(frozen=True)
 class Artifact:
     kind: str
@@ -209,10 +217,7 @@ class ArtifactStore:
             file = path / name
             if not file.is_file():
                 raise ArtifactError(f"{kind}/{key}: file {name} is missing")
-            if file.stat().st_size != size or file_sha256(file) != sha256:
-                raise ArtifactError(
-                    f"{kind}/{key}: file {name} fails its SHA-256 check (truncated or altered)"
-                )
+            check_file(kind, key, file, sha256, size)
             total += size
         return Artifact(kind, key, path, actual, total)
 
