@@ -1,10 +1,11 @@
 """Ingestion in a fresh process, timed and memory-profiled phase by phase (benchmark f).
 
-Runs what `ingested_dataset` computes, without Dagster: read the source, clean it, split it,
-hash the splits (the dataset's version) and write them as Parquet. Prints one JSON object:
-the seconds of each phase and the process's resident memory (current and peak) after it.
+Runs what `ingested_dataset` computes, without Dagster: load the source (read and clean, streamed
+into one float32 block for Parquet and TFRecord), split it, hash the splits (the dataset's
+version) and write them as Parquet. Prints one JSON object: the seconds of each phase and the
+process's resident memory (current and peak) after it.
 
-    python -m bench.ingest_probe SOURCE LABEL ID OUT_DIR
+    python -m bench.ingest_probe SOURCE LABEL ID OUT_DIR   # SOURCE: a file or a glob
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml_assets.ml.datasets import PARTS, clean, content_hash, read_source, split, write_parquet
+from ml_assets.ml.datasets import PARTS, load_dataset, split_content_hash, split_rows, write_part
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -30,11 +31,24 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    """Peak resident set size so far in bytes (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size so far in bytes: `VmHWM` of /proc/self/status.
+
+    Not `ru_maxrss`: Linux carries it across `execve`, so a child started by `subprocess` (vfork
+    + exec) reports at least the parent's peak (the bench runner's, hundreds of MB). `VmHWM`
+    belongs to this process's own address space. Falls back to `ru_maxrss` without /proc.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def run(source: Path, label: str, id_column: str, out: Path) -> dict[str, Any]:
+    """`source` may be a glob (TFRecord shards)."""
     phases: list[dict[str, Any]] = []
     baseline = {"rss": _rss(), "peak": _peak()}
     mark = time.perf_counter()
@@ -46,24 +60,22 @@ def run(source: Path, label: str, id_column: str, out: Path) -> dict[str, Any]:
         mark = now
 
     source = source.absolute()
-    frame = read_source(str(source), source.parent)
-    record("read_source")
-    # Like the asset, keep the frame, the dataset and the splits alive until the end.
-    dataset, _ = clean(frame, label, id_column, str(source))
-    record("clean")
-    parts = split(dataset, validation=0.2, serving=0.2, seed=0)
-    rows = len(dataset)
+    # Like the asset, keep the dataset and the split alive until the end.
+    dataset, _ = load_dataset(str(source), source.parent, label, id_column)
+    record("load")
+    rows = split_rows(dataset, validation=0.2, serving=0.2, seed=0)
+    count = len(dataset)
     features = len(dataset.features)
     dataset_bytes = int(dataset.X.memory_usage(index=False).sum() + dataset.Y.nbytes)
     record("split")
-    content_hash(parts)
+    split_content_hash(dataset, rows)
     record("hash")
     out.mkdir(parents=True, exist_ok=True)
     for name in PARTS:
-        write_parquet(parts[name].to_frame(), out / f"{name}.parquet")
+        write_part(dataset, rows[name], out / f"{name}.parquet")
     record("write")
     return {
-        "rows": rows,
+        "rows": count,
         "features": features,
         "dataset_bytes": dataset_bytes,
         "baseline": baseline,

@@ -6,6 +6,11 @@ from dagster import AssetSpec, Definitions
 
 from ml_assets.core.config import ConfigError, Settings, load_settings
 from ml_assets.core.names import prediction_key
+from ml_assets.defs.assets.batches import (
+    build_batch_aggregation_asset,
+    build_batch_prediction_asset,
+    serving_requests,
+)
 from ml_assets.defs.assets.ingestion import freshness_policy, ingested_dataset, raw_dataset
 from ml_assets.defs.assets.selection import model_selection
 from ml_assets.defs.assets.serving import build_aggregation_asset, build_prediction_asset
@@ -26,6 +31,7 @@ from ml_assets.defs.sensors import (
     dataset_sensor,
     dead_runs_sensor,
     model_landed_sensor,
+    request_batches_sensor,
 )
 
 
@@ -80,10 +86,19 @@ def build_definitions(
             model_selection,
             *predictions,
             aggregated,
+            serving_requests,
+            *(build_batch_prediction_asset(r) for r in range(1, ranks + 1)),
+            build_batch_aggregation_asset(ranks),
         ],
         asset_checks=[dataset_schema_and_rows, selected_models_meet_bar, *checks],
         jobs=[*build_jobs(shape.retries), cache_gc_job],
-        sensors=[dataset_sensor, candidates_sensor, model_landed_sensor, dead_runs_sensor],
+        sensors=[
+            dataset_sensor,
+            candidates_sensor,
+            model_landed_sensor,
+            dead_runs_sensor,
+            request_batches_sensor,
+        ],
         schedules=build_schedules(shape),
         resources=_resources(resources),
         executor=build_executor(),

@@ -38,7 +38,8 @@ def test_defaults_with_only_candidates(tmp_path: Path) -> None:
     assert settings.dataset.source == "sklearn_digits"
     assert settings.dataset.label == "label"
     assert settings.dataset.id is None
-    assert settings.selection.metric == "accuracy"
+    assert settings.selection.metric == "hit@1"
+    assert settings.selection.strategy == "top_k"
     assert settings.selection.top_k == 2
     assert settings.selection.min_score == pytest.approx(0.90)
     assert settings.serving.aggregation == "auto"
@@ -108,7 +109,8 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path, text: str, key: s
         ("selection: {top_k: two}\n", "selection.top_k", "'two'"),
         ("selection: {min_score: 2}\n", "selection.min_score", "less than or equal to 1"),
         ("selection: {top_k: 0}\n", "selection.top_k", "greater than or equal to 1"),
-        ("selection: {metric: auc}\n", "selection.metric", "'accuracy'"),
+        ("selection: {metric: auc}\n", "selection.metric", "'hit@1', 'gap@20', 'perr' or 'map'"),
+        ("selection: {strategy: best}\n", "selection.strategy", "'top_k' or 'ensemble'"),
         ("serving: {tag_threshold: 1.5}\n", "serving.tag_threshold", "less than 1"),
         ("dataset: {label: []}\n", "dataset.label", "non-empty list"),
         ("memoization: {cache_retention_days: 0}\n", "memoization.cache_retention_days", "0"),
@@ -208,3 +210,8 @@ def test_the_store_is_the_home_s_unless_ml_assets_store_names_another(tmp_path: 
     assert store_location({**home, "ML_ASSETS_STORE": "s3://b/p/"}) == StoreLocation(
         tmp_path / "home" / "store-cache", "s3://b/p"
     )
+
+
+def test_accuracy_is_an_alias_of_hit_at_1(tmp_path: Path) -> None:
+    path = _write(tmp_path, "selection: {metric: accuracy}\n" + ONE_CANDIDATE)
+    assert load_settings(path).selection.metric == "hit@1"

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterRunStatus
 
 from ml_assets.core.config import ConfigError, load_settings
 from ml_assets.core.reingest import fingerprint_source
+from ml_assets.ml.datasets import Dataset
 from ml_assets.state.records import latest_record
 from ml_assets_tests.conftest import Project, write_csv_source
 from ml_assets_tests.faults import (
@@ -40,17 +40,17 @@ def _change_source_during_first_read(monkeypatch: pytest.MonkeyPatch, source: Pa
     """The first read of the source is followed by a writer replacing it (330 rows)."""
     import ml_assets.defs.assets.ingestion as ingestion
 
-    real_read = ingestion.read_source
+    real_load = ingestion.load_dataset
     reads: list[int] = []
 
-    def read(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        frame = real_read(*args, **kwargs)
-        reads.append(len(frame))
+    def load(*args: Any, **kwargs: Any) -> tuple[Dataset, dict[str, int]]:
+        loaded = real_load(*args, **kwargs)
+        reads.append(len(loaded[0]))
         if len(reads) == 1:
             write_csv_source(source, 330, seed=1)
-        return frame
+        return loaded
 
-    monkeypatch.setattr(ingestion, "read_source", read)
+    monkeypatch.setattr(ingestion, "load_dataset", load)
     return reads
 
 

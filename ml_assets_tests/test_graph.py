@@ -44,17 +44,20 @@ def test_definitions_load_and_resolve_everything() -> None:
         "ingest_job",
         "train_job",
         "serve_job",
+        "batch_job",
     }
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert {"dataset_schema_and_rows", "selected_models_meet_bar", "predictions_complete"} <= checks
     defs.validate_loadable(defs)
     three = Settings(selection={"top_k": 3}, candidates=[{"name": "a", "model": "knn"}])
-    assert len(build_definitions(three).resolve_all_asset_keys()) == len(keys) + 1
+    # One more serving step for the held-out requests, and one more for the request batches.
+    assert len(build_definitions(three).resolve_all_asset_keys()) == len(keys) + 2
     assert {s.name for s in defs.sensors} == {
         "dataset_sensor",
         "candidates_sensor",
         "model_landed_sensor",
         "dead_runs_sensor",
+        "request_batches_sensor",
     }
     assert {s.name for s in defs.schedules} == {"refresh_schedule", "cache_gc_schedule"}
 

@@ -167,9 +167,14 @@ def test_display_numbers_are_rounded_and_the_model_keeps_full_precision(
     for field in ("ensemble_score", "ensemble_macro_f1", "best_single_score"):
         assert _decimals_at_most(aggregated[field], 4), (field, aggregated[field])
     assert aggregated["model_scores"] and all(
-        _decimals_at_most(v, 4) for v in aggregated["model_scores"].values()
+        _decimals_at_most(v, 4)
+        for scores in aggregated["model_scores"].values()
+        for v in scores.values()
     )
-    assert aggregated["best_single_score"] == max(aggregated["model_scores"].values())
+    assert set(aggregated["model_scores"]["lr"]) == {"hit@1", "gap@20", "perr", "map"}
+    assert aggregated["best_single_score"] == max(
+        scores["hit@1"] for scores in aggregated["model_scores"].values()
+    )
     since = aggregated.get("seconds_since_training_started")
     assert since is None or _decimals_at_most(since, 3)
 

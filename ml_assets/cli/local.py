@@ -33,6 +33,7 @@ from ml_assets.cli.postgres import (
 )
 from ml_assets.core.config import default_home
 from ml_assets.core.names import (
+    BATCH_JOB,
     INGEST_JOB,
     LAUNCH_TAG,
     PARTITION_TAG,
@@ -107,10 +108,15 @@ def serve_job() -> JobDefinition:
     return _job(SERVE_JOB)
 
 
+def batch_job() -> JobDefinition:
+    return _job(BATCH_JOB)
+
+
 _JOBS: Mapping[str, Callable[[], JobDefinition]] = {
     INGEST_JOB: ingest_job,
     TRAIN_JOB: train_job,
     SERVE_JOB: serve_job,
+    BATCH_JOB: batch_job,
 }
 
 

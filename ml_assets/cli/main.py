@@ -30,7 +30,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
-        print(format_status(status, settings.selection.min_score))
+        print(format_status(status, settings.selection.min_score, settings.selection.metric))
     return 0
 
 
@@ -91,19 +91,76 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Write a YouTube-8M-shaped multi-label Parquet file (deterministic by seed)."""
-    from ml_assets.ml.synthetic import write_videos
+    """Write a YouTube-8M-shaped multi-label dataset, deterministic by seed: one Parquet file,
+    or video-level TFRecord shards and a vocabulary.csv."""
+    from ml_assets.ml.synthetic import write_video_shards, write_videos, write_vocabulary
 
-    path = write_videos(
-        Path(args.output),
+    parser: argparse.ArgumentParser = args.generate_parser
+    output = Path(args.output)
+    if args.format == "parquet":
+        if args.shards is not None:
+            parser.error("--shards is for --format tfrecord")
+        if output.is_dir():
+            parser.error(f"{output} is a directory; --format parquet writes one file")
+        path = write_videos(
+            output,
+            rows=args.rows,
+            entities=args.entities,
+            seed=args.seed,
+            rgb_dims=args.rgb_dims,
+            audio_dims=args.audio_dims,
+        )
+        print(f"wrote {args.rows} videos × {args.entities} entities to {path}")
+        return 0
+    shards = 4 if args.shards is None else args.shards
+    if shards > args.rows:
+        parser.error(f"--shards {shards} is more than --rows {args.rows}")
+    if output.exists() and not output.is_dir():
+        parser.error(f"{output} is a file; --format tfrecord writes shards into a directory")
+    paths = write_video_shards(
+        output,
         rows=args.rows,
         entities=args.entities,
+        shards=shards,
         seed=args.seed,
         rgb_dims=args.rgb_dims,
         audio_dims=args.audio_dims,
     )
-    print(f"wrote {args.rows} videos × {args.entities} entities to {path}")
+    vocabulary = write_vocabulary(output / "vocabulary.csv", args.entities, rows=args.rows)
+    source = str(output / f"{paths[0].name[: -len('0000.tfrecord')]}*.tfrecord")
+    settings = ", ".join(
+        f"{key}: {json.dumps(value)}"
+        for key, value in (
+            ("source", source),
+            ("label", "labels"),
+            ("id", "id"),
+            ("vocabulary", str(vocabulary)),
+        )
+    )
+    print(
+        f"wrote {args.rows} videos × {args.entities} entities to {output}: {paths[0].name} … "
+        f"{paths[-1].name} ({len(paths)} TFRecord shards) and {vocabulary.name}; "
+        f"dataset: {{{settings}}}"
+    )
     return 0
+
+
+class _AtLeast:
+    """An argparse type for `generate`: a whole number >= `minimum`."""
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = self.minimum - 1
+        if value < self.minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {self.minimum}, got {text!r}"
+            )
+        return value
 
 
 def _positive_int(text: str) -> int:
@@ -152,13 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     generate = sub.add_parser("generate", help=cmd_generate.__doc__)
-    generate.add_argument("output", help="the Parquet file to write, e.g. data/videos.parquet")
-    generate.add_argument("--rows", type=int, default=20_000)
-    generate.add_argument("--entities", type=int, default=20)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--rgb-dims", type=int, default=1024)
-    generate.add_argument("--audio-dims", type=int, default=128)
-    generate.set_defaults(func=cmd_generate)
+    generate.add_argument(
+        "output",
+        help="parquet: the file to write, e.g. data/videos.parquet; tfrecord: the directory "
+        "that gets train0000.tfrecord … and vocabulary.csv, e.g. data/yt8m",
+    )
+    generate.add_argument(
+        "--format",
+        choices=["parquet", "tfrecord"],
+        default="parquet",
+        help="parquet (default): one file; tfrecord: YouTube-8M video-level shards",
+    )
+    generate.add_argument(
+        "--shards", type=_AtLeast(1), default=None, help="tfrecord: how many shards (default 4)"
+    )
+    generate.add_argument("--rows", type=_AtLeast(1), default=20_000)
+    generate.add_argument("--entities", type=_AtLeast(2), default=20)
+    generate.add_argument("--seed", type=_AtLeast(0), default=0)
+    generate.add_argument("--rgb-dims", type=_AtLeast(1), default=1024)
+    generate.add_argument("--audio-dims", type=_AtLeast(1), default=128)
+    generate.set_defaults(func=cmd_generate, generate_parser=generate)
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--host", default="127.0.0.1", help="the UI's address (no authentication)")
     dev.add_argument("--port", type=int, default=3000)

@@ -20,6 +20,8 @@ from ml_assets.cli.local import prepare_home
 from ml_assets.core.config import Settings, load_settings
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
+    BATCH_JOB,
+    BATCH_PARTITIONS,
     CANDIDATES_SENSOR,
     DATASET_SENSOR,
     DATASET_TAG,
@@ -240,6 +242,33 @@ def _serve_here(force: frozenset[str]) -> int:
     return 2 if serve.user_error else 1
 
 
+def _score_batches(settings: Settings) -> int:
+    """Score every request batch (`serving.requests`) whose answer is not from the current
+    selection and file, here (the daemon's `request_batches_sensor` does it while it runs)."""
+    from dagster import DagsterInstance
+
+    from ml_assets.cli.local import run_partitions
+    from ml_assets.core.config import default_config_path
+    from ml_assets.state.planning import stale_batches
+
+    base_dir = default_config_path().absolute().parent
+    with DagsterInstance.get() as instance:
+        stale = stale_batches(instance, settings, base_dir)
+        known = set(instance.get_dynamic_partitions(BATCH_PARTITIONS))
+        if new := [name for name in stale if name not in known]:
+            instance.add_dynamic_partitions(BATCH_PARTITIONS, new)
+    if not stale:
+        print(f"request batches ({settings.serving.requests}): all current")
+        return 0
+    print(f"request batches: scoring {len(stale)} with the current selection…")
+    failed = 0
+    for outcome in run_partitions(BATCH_JOB, stale, settings.training.max_concurrent):
+        first_line = outcome.error.splitlines()[0] if outcome.error else ""
+        failed += not outcome.success
+        print(f"  {outcome.partition:<24} {'ok' if outcome.success else 'FAILED: ' + first_line}")
+    return 2 if failed else 0
+
+
 def _up_to_date(settings: Settings) -> bool:
     """No candidate the sensor would train (given-up ones included) and serving already uses
     every landed model: no daemon needed."""
@@ -320,10 +349,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if force - {INGESTED_DATASET.path[-1]}:
             print("note: --force applies to ingestion only in async mode; use --mode sync")
         code = _run_async(settings, args, started, started_wall, ingest, force)
+    if code == 0 and settings.serving.requests is not None:
+        code = _score_batches(settings)
     with DagsterInstance.get() as instance:
         status = collect_status(instance, settings, ArtifactStoreResource().get())
     print()
-    print(format_status(status, settings.selection.min_score))
+    print(format_status(status, settings.selection.min_score, settings.selection.metric))
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.1f}s; runs are in the Dagster UI (`make dev`)")
     # Bad candidates do not stop the others, but the command says so and fails like any

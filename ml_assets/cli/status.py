@@ -55,8 +55,10 @@ def collect_status(
             "path": aggregated["path"],
             "rows": aggregated["rows"],
             "models": aggregated["models"],
+            "metric": aggregated.get("metric", "hit@1"),
             "ensemble_score": aggregated["ensemble_score"],
             "best_single_score": aggregated["best_single_score"],
+            "entity_coverage": aggregated.get("entity_coverage"),
             "model_scores": aggregated["model_scores"],
             "selection_key": aggregated["selection_key"],
             "seconds_since_training_started": aggregated.get("seconds_since_training_started"),
@@ -66,7 +68,7 @@ def collect_status(
     return status
 
 
-def format_status(status: dict[str, Any], min_score: float) -> str:
+def format_status(status: dict[str, Any], min_score: float, metric: str) -> str:
     if status["dataset"] is None:
         return "Nothing ingested yet: run `ml-assets run` (or `make run`)."
     d = status["dataset"]
@@ -74,7 +76,7 @@ def format_status(status: dict[str, Any], min_score: float) -> str:
         f"Dataset {d['key']}: {d['records']} records, {d['entities']} entities ({d['task']})",
         "",
     ]
-    lines.append(f"Leaderboard (bar: score >= {min_score:.2f})")
+    lines.append(f"Leaderboard (score: {metric} on the validation split; bar >= {min_score:.2f})")
     workers = any(e.get("worker") for e in status["leaderboard"])
     where = f"  {'fit on':<24}" if workers else ""
     lines.append(f"  {'candidate':<24} {'status':<8} {'score':>7}{where}  note")
@@ -92,9 +94,12 @@ def format_status(status: dict[str, Any], min_score: float) -> str:
     a = status["aggregated"]
     if a:
         lines.append(
-            f"Ensemble hit@1 {a['ensemble_score']:.4f} vs best single model "
+            f"Ensemble {a['metric']} {a['ensemble_score']:.4f} vs best single model "
             f"{a['best_single_score']:.4f} on {a['rows']} serving requests"
         )
+        if a.get("entity_coverage"):
+            counts = ", ".join(f"{name} {n}" for name, n in a["entity_coverage"].items())
+            lines.append(f"Entities tagged correctly at least once: {counts}")
         lines.append(f"Aggregated predictions: {a['path']}")
         if a.get("seconds_since_training_started") is not None:
             lines.append(

@@ -42,6 +42,8 @@ class DatasetConfig(_Strict):
     source: str = "sklearn_digits"
     label: str | list[str] = "label"
     id: str | None = None
+    # A YouTube-8M `vocabulary.csv` (columns `Index`, `Name`, …): names for label indices.
+    vocabulary: str | None = None
     split: SplitConfig = SplitConfig()
 
     @field_validator("label")
@@ -57,15 +59,37 @@ class DatasetConfig(_Strict):
         return value
 
 
+Metric = Literal["hit@1", "gap@20", "perr", "map"]
+METRIC_ALIASES: Final[dict[str, Metric]] = {"accuracy": "hit@1"}
+
+
 class SelectionConfig(_Strict):
-    metric: Literal["accuracy"] = "accuracy"
+    """How the served models are chosen.
+
+    `metric` ranks the candidates and `min_score` applies to it. `strategy: top_k` serves the
+    `top_k` best candidates; `ensemble` chooses up to `top_k` of those above the bar by greedy
+    forward selection on the validation split, maximizing the ensemble's own `metric`
+    (`weighted: true` lets a member count more than once).
+    """
+
+    metric: Metric = "hit@1"
     top_k: int = Field(2, ge=1, le=10)
     min_score: float = Field(0.90, ge=0.0, le=1.0)
+    strategy: Literal["top_k", "ensemble"] = "top_k"
+    weighted: bool = False
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _alias(cls, value: object) -> object:
+        return METRIC_ALIASES.get(value, value) if isinstance(value, str) else value
 
 
 class ServingConfig(_Strict):
     aggregation: Literal["auto", "mean"] = "auto"
     tag_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # A glob of request batch files (CSV, Parquet or TFRecord; relative to the config file): each
+    # file is a partition of `serving_requests`, scored by the current selection.
+    requests: str | None = None
 
 
 class MemoizationConfig(_Strict):

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 # Bump a code version when its step's code changes what the same inputs turn into: every cached
 # output of that step (and, through the keys, of the steps downstream) is then computed again.
-INGESTION_CODE_VERSION: Final = "1"  # cleaning and splitting
-TRAINING_CODE_VERSION: Final = "2"  # training and evaluation
-SELECTION_CODE_VERSION: Final = "1"
+INGESTION_CODE_VERSION: Final = "2"  # cleaning and splitting (2: streamed, vocabulary)
+TRAINING_CODE_VERSION: Final = "3"  # training and evaluation (3: every metric, predictions)
+SELECTION_CODE_VERSION: Final = "2"  # 2: metrics, strategies, weights
 SERVING_CODE_VERSION: Final = "1"
 
 

@@ -20,6 +20,10 @@ INGESTED_DATASET: Final = AssetKey("ingested_dataset")
 TRAINED_MODEL: Final = AssetKey("trained_model")
 MODEL_SELECTION: Final = AssetKey("model_selection")
 AGGREGATED_PREDICTIONS: Final = AssetKey("aggregated_predictions")
+# Request batches (`serving.requests`): one partition per file, scored by the current selection.
+SERVING_REQUESTS: Final = AssetKey("serving_requests")
+BATCH_AGGREGATED_PREDICTIONS: Final = AssetKey("batch_aggregated_predictions")
+BATCHES_GROUP: Final = "request_batches"
 
 
 def prediction_key(rank: int) -> AssetKey:
@@ -27,13 +31,21 @@ def prediction_key(rank: int) -> AssetKey:
     return AssetKey(f"predictions_rank_{rank}")
 
 
+def batch_prediction_key(rank: int) -> AssetKey:
+    """The model at `rank` of the current selection, scoring one request batch."""
+    return AssetKey(f"batch_predictions_rank_{rank}")
+
+
 # The dynamic partitions of `trained_model`: one per candidate in `ml_assets.yaml`.
 CANDIDATES_PARTITIONS: Final = "candidates"
+# The dynamic partitions of the request batches: one per file matching `serving.requests`.
+BATCH_PARTITIONS: Final = "request_batches"
 
 # Jobs (ml_assets/defs/jobs.py, ml_assets/defs/gc.py).
 INGEST_JOB: Final = "ingest_job"
 TRAIN_JOB: Final = "train_job"
 SERVE_JOB: Final = "serve_job"
+BATCH_JOB: Final = "batch_job"
 CACHE_GC_JOB: Final = "cache_gc_job"
 
 # Sensors and schedules (ml_assets/defs/sensors.py, ml_assets/defs/schedules.py).
@@ -41,6 +53,7 @@ DATASET_SENSOR: Final = "dataset_sensor"
 CANDIDATES_SENSOR: Final = "candidates_sensor"
 MODEL_LANDED_SENSOR: Final = "model_landed_sensor"
 DEAD_RUNS_SENSOR: Final = "dead_runs_sensor"
+REQUEST_BATCHES_SENSOR: Final = "request_batches_sensor"
 REFRESH_SCHEDULE: Final = "refresh_schedule"
 CACHE_GC_SCHEDULE: Final = "cache_gc_schedule"
 
@@ -70,6 +83,7 @@ ATTEMPT_TAG: Final = "ml_assets/attempt_of"  # groups the runs that try one conf
 REASON_TAG: Final = "ml_assets/reason"
 LANDED_TAG: Final = "ml_assets/landed"  # the models whose landing launched a serving run
 LAUNCH_TAG: Final = "ml_assets/launch"  # finds the run of a local worker that died unreported
+SELECTION_TAG: Final = "ml_assets/selection"  # the selection a batch run scores with
 
 
 def is_forced(run_tags: Mapping[str, str], step: str) -> bool:

@@ -1,7 +1,8 @@
 """Memoization rules for ingestion: source fingerprints and the re-ingest decision (no Dagster).
 
-A fingerprint has a cheap part (each file's size and mtime, record counts from Parquet metadata or
-a line count for CSV) and a content hash. The full hash is computed only when the cheap part
+A fingerprint has a cheap part (each file's size and mtime, record counts from Parquet metadata,
+TFRecord framing or a line count for CSV) and a content hash; `dataset.vocabulary`, when set, is
+one more file of the source. The full hash is computed only when the cheap part
 changed since the previous fingerprint (or when asked), so observing a large unchanged source
 costs a few `stat` calls.
 """
@@ -30,6 +31,8 @@ from ml_assets.ml.datasets import (
     DatasetError,
     load_digits_frame,
     resolve_source_files,
+    resolve_vocabulary,
+    source_format,
 )
 
 SECONDS_PER_DAY: Final = 86_400.0
@@ -64,8 +67,13 @@ class SourceFingerprint:
 
 
 def _count_records(path: Path) -> int:
-    if path.suffix.lower() in {".parquet", ".pq"}:
+    kind = source_format(path)
+    if kind == "parquet":
         return int(pq.ParquetFile(path).metadata.num_rows)
+    if kind == "tfrecord":
+        from ml_assets.ml.tfrecord import count_records
+
+        return count_records(path)
     lines = 0
     last = b"\n"
     with path.open("rb") as handle:
@@ -83,20 +91,26 @@ def fingerprint_source(
     previous: tuple[str, str] | None = None,
     *,
     full_hash: bool = False,
+    vocabulary: str | None = None,
 ) -> SourceFingerprint:
-    """Fingerprint `dataset.source`.
+    """Fingerprint `dataset.source` (and `dataset.vocabulary`).
 
     `previous` is the last fingerprint's (cheap_key, content_hash): when the cheap key is the same,
     its hash is reused instead of reading every byte again (unless `full_hash`).
     """
+    vocab_path = resolve_vocabulary(vocabulary, base_dir)
+    extra = [] if vocab_path is None else [vocab_path]
     if source in EMBEDDED_SOURCES:
         frame = load_digits_frame()
-        embedded = hashlib.sha256(frame.to_numpy().tobytes()).hexdigest()
-        return SourceFingerprint(source, [], len(frame), embedded, True)
+        embedded = hashlib.sha256(frame.to_numpy().tobytes())
+        for path in extra:
+            embedded.update(file_sha256(path).encode())
+        files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in extra]
+        return SourceFingerprint(source, files, len(frame), embedded.hexdigest(), True)
     paths = resolve_source_files(source, base_dir)
     try:
         files = []
-        for path in paths:
+        for path in [*paths, *extra]:
             stat = path.stat()
             files.append((str(path), stat.st_size, stat.st_mtime_ns))
         records = sum(_count_records(p) for p in paths)
@@ -104,7 +118,7 @@ def fingerprint_source(
         if previous is not None and not full_hash and previous[0] == cheap.cheap_key:
             return SourceFingerprint(source, files, records, previous[1], False)
         digest = hashlib.sha256()
-        for path in paths:
+        for path in [*paths, *extra]:
             digest.update(file_sha256(path).encode())
     except OSError as error:  # unreadable, or gone since the glob matched it
         where = error.filename or source
@@ -210,6 +224,7 @@ def observe_source(
         settings.dataset.source,
         base_dir,
         None if previous is None else (previous.cheap_key, previous.content_hash),
+        vocabulary=settings.dataset.vocabulary,
     )
 
 

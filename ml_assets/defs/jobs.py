@@ -1,4 +1,5 @@
-"""Asset jobs: ingestion, training (one run per candidate partition) and serving."""
+"""Asset jobs: ingestion, training (one run per candidate partition), serving, and the request
+batches (one run per batch partition)."""
 
 from typing import Any
 
@@ -6,6 +7,8 @@ from dagster import AssetSelection, Backoff, RetryPolicy, define_asset_job
 
 from ml_assets.core.config import RetriesConfig
 from ml_assets.core.names import (
+    BATCH_JOB,
+    BATCHES_GROUP,
     INGEST_JOB,
     INGESTED_DATASET,
     MODEL_SELECTION,
@@ -18,7 +21,7 @@ from ml_assets.core.names import (
 
 
 def build_jobs(retries: RetriesConfig) -> list[Any]:
-    """The three jobs, each retrying transient step failures per `retries:` in the config."""
+    """The jobs, each retrying transient step failures per `retries:` in the config."""
     policy = RetryPolicy(
         max_retries=retries.max_retries, delay=retries.delay_seconds, backoff=Backoff.EXPONENTIAL
     )
@@ -37,7 +40,15 @@ def build_jobs(retries: RetriesConfig) -> list[Any]:
         ),
         define_asset_job(
             SERVE_JOB,
-            selection=AssetSelection.assets(MODEL_SELECTION).downstream(),
+            # The held-out evaluation; the request batches have their own partitioned job.
+            selection=AssetSelection.assets(MODEL_SELECTION).downstream()
+            - AssetSelection.groups(BATCHES_GROUP),
+            tags={STAGE_TAG: "serving"},
+            op_retry_policy=policy,
+        ),
+        define_asset_job(
+            BATCH_JOB,
+            selection=AssetSelection.groups(BATCHES_GROUP),  # partitioned by request batch
             tags={STAGE_TAG: "serving"},
             op_retry_policy=policy,
         ),

@@ -1,4 +1,5 @@
-"""Sensors: keep partitions in step with the config, and serve as each model lands."""
+"""Sensors: keep partitions in step with the config, serve as each model lands, and score the
+request batches dropped in `serving.requests`."""
 
 from collections.abc import Callable
 from typing import Final
@@ -21,6 +22,8 @@ from ml_assets.core.config import ConfigError, load_settings
 from ml_assets.core.keys import dataset_config_hash, short_digest
 from ml_assets.core.names import (
     ATTEMPT_TAG,
+    BATCH_JOB,
+    BATCH_PARTITIONS,
     CANDIDATE_TAG,
     CANDIDATES_PARTITIONS,
     CANDIDATES_SENSOR,
@@ -30,11 +33,15 @@ from ml_assets.core.names import (
     INGEST_JOB,
     LANDED_TAG,
     MODEL_LANDED_SENSOR,
+    MODEL_SELECTION,
+    REQUEST_BATCHES_SENSOR,
+    SELECTION_TAG,
     SERVE_JOB,
     TRAIN_JOB,
     TRAINED_MODEL,
 )
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.ml.datasets import DatasetError, batch_files
 from ml_assets.state.partitions import partition_changes
 from ml_assets.state.planning import (
     failed_since_selection,
@@ -42,7 +49,7 @@ from ml_assets.state.planning import (
     serving_is_current,
     training_attempt,
 )
-from ml_assets.state.records import last_ingestion
+from ml_assets.state.records import last_ingestion, latest_record
 from ml_assets.state.runs import in_flight, reap_dead_runs
 
 # The daemon evaluates sensors at most every 5 s whatever this says (Dagster's sensor loop);
@@ -225,3 +232,54 @@ def model_landed_sensor(
         tags={LANDED_TAG: ",".join(landed)[:250]},
     )
     return SensorResult(run_requests=[run], cursor=str(newest))
+
+
+@_running_sensor(REQUEST_BATCHES_SENSOR, BATCH_JOB)
+def request_batches_sensor(
+    context: SensorEvaluationContext, settings: SettingsResource
+) -> SensorResult | SkipReason:
+    """A partition per file dropped in `serving.requests`, and a scoring run for each batch
+    whose file or the current selection changed since it was last scored.
+
+    The run key names the file's size, mtime and the selection, so Dagster launches each
+    (batch, file content, selection) once: a new selection scores every batch again.
+    """
+    try:
+        cfg = load_settings(settings.path())
+    except ConfigError as error:
+        return SkipReason(f"config invalid; batches left as they are: {error}")
+    if cfg.serving.requests is None:
+        return SkipReason("serving.requests is not set: no request batches")
+    try:
+        files = batch_files(cfg.serving.requests, settings.base_dir())
+    except DatasetError as error:
+        context.log.warning(str(error))
+        return SkipReason(str(error))
+    existing = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS))
+    new = sorted(set(files) - existing)
+    partitions = [AddDynamicPartitionsRequest(BATCH_PARTITIONS, new)] if new else []
+    selection = latest_record(context.instance, MODEL_SELECTION)
+    if selection is None:
+        return SensorResult(
+            dynamic_partitions_requests=partitions,
+            skip_reason=f"{len(files)} batch file(s); waiting for the first model selection",
+        )
+    key = str(selection["selection_key"])
+    runs = []
+    for name, path in files.items():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # removed since the glob matched it
+        runs.append(
+            RunRequest(
+                partition_key=name,
+                run_key=f"batch:{name}:{stat.st_size}:{stat.st_mtime_ns}:{key}",
+                tags={SELECTION_TAG: key},
+            )
+        )
+    return SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=partitions,
+        skip_reason=None if runs else f"no batch file matches {cfg.serving.requests!r}",
+    )

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ml_assets.ml.datasets import Task
+from ml_assets.ml.ensemble import combine
 from ml_assets.ml.metrics import predicted_tags
 
 SCORE_PREFIX = "score:"
@@ -24,21 +25,27 @@ def score_matrix(frame: pd.DataFrame, entities: Sequence[str]) -> np.ndarray:
     return frame[[f"{SCORE_PREFIX}{e}" for e in entities]].to_numpy(dtype=np.float64)
 
 
-def mean_scores(matrices: Sequence[np.ndarray]) -> np.ndarray:
-    """The ensemble score: the mean of the selected models' per-entity scores."""
+def mean_scores(
+    matrices: Sequence[np.ndarray], weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """The ensemble score: the (weighted) mean of the selected models' per-entity scores, as
+    ensemble selection scored it on the validation split (`ml.ensemble.combine`)."""
     if not matrices:
         raise ValueError("nothing to aggregate: no model predictions")
     shapes = {m.shape for m in matrices}
     if len(shapes) != 1:
         raise ValueError(f"model predictions disagree in shape: {sorted(shapes)}")
-    return np.mean(np.stack(matrices), axis=0)
+    return combine(matrices, weights)
 
 
 def ensemble_tags(
-    matrices: Sequence[np.ndarray], task: Task, threshold: float
+    matrices: Sequence[np.ndarray],
+    task: Task,
+    threshold: float,
+    weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean scores and tags: the top entity (multi-class) or the union of every model's tags."""
-    mean = mean_scores(matrices)
+    mean = mean_scores(matrices, weights)
     if task == "multiclass":
         return mean, predicted_tags(mean, task, threshold)
     union = np.zeros(mean.shape, dtype=np.uint8)
@@ -53,9 +60,10 @@ def aggregate(
     matrices: Sequence[np.ndarray],
     task: Task,
     threshold: float,
+    weights: Sequence[float] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The user-facing frame (`request_id`, ranked `tags`, `top_entity`, scores) and arrays."""
-    mean, tags = ensemble_tags(matrices, task, threshold)
+    mean, tags = ensemble_tags(matrices, task, threshold, weights)
     names = np.asarray(entities, dtype=object)
     order = np.argsort(-mean, axis=1, kind="stable")
     ranked = [[str(names[j]) for j in row if tags[i, j]] for i, row in enumerate(order)]

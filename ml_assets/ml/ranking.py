@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Status = Literal["landed", "missing", "running", "failed", "stale", "broken", "invalid"]
@@ -22,6 +22,8 @@ class LeaderboardEntry:
     model_type: str | None = None
     note: str = ""  # why it is not landed (the failed run's error, the invalid config), or ""
     user_error: bool = False  # the note is a mistake in the candidate's config or data
+    # Every validation metric (`ml.metrics.METRICS`); `score` is the one selection ranks by.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,10 +45,9 @@ def rank(entries: Sequence[LeaderboardEntry]) -> list[LeaderboardEntry]:
     return landed + others
 
 
-def select_top_k(
-    entries: Sequence[LeaderboardEntry], top_k: int, min_score: float
-) -> list[LeaderboardEntry]:
-    """The best `top_k` landed candidates with score ≥ `min_score`."""
+def qualifying(entries: Sequence[LeaderboardEntry], min_score: float) -> list[LeaderboardEntry]:
+    """The landed candidates with score ≥ `min_score`, best first; raises
+    `NoQualifyingModelError` (listing every candidate) when there is none."""
     qualified = [e for e in rank(entries) if e.status == "landed" and (e.score or 0.0) >= min_score]
     if not qualified:
         lines = [f"no candidate reaches the bar: score >= {min_score:.3f} needed"]
@@ -55,28 +56,38 @@ def select_top_k(
             verdict = "below bar" if e.status == "landed" else e.status
             lines.append(f"  {e.name}: {score} ({verdict}{'; ' + e.note if e.note else ''})")
         raise NoQualifyingModelError("\n".join(lines))
-    return qualified[:top_k]
+    return qualified
+
+
+def select_top_k(
+    entries: Sequence[LeaderboardEntry], top_k: int, min_score: float
+) -> list[LeaderboardEntry]:
+    """The best `top_k` landed candidates with score ≥ `min_score` (the seed's rule)."""
+    return qualifying(entries, min_score)[:top_k]
 
 
 def leaderboard_markdown(
-    entries: Sequence[LeaderboardEntry], selected: Sequence[str], min_score: float
+    entries: Sequence[LeaderboardEntry],
+    selected: Sequence[str] | Mapping[str, str],
+    min_score: float,
+    metrics: Sequence[str] = (),
 ) -> str:
-    rows = [
-        "| rank | candidate | status | score | F1 | selected | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The leaderboard as a Markdown table: every metric in `metrics` gets a column, and a
+    selected candidate says why it was picked (`selected` mapping name → why)."""
+    why = selected if isinstance(selected, Mapping) else {name: "" for name in selected}
+    header = ["rank", "candidate", "status", "score", *metrics, "F1", "selected", "note"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for position, e in enumerate(rank(entries), start=1):
         score = "" if e.score is None else f"{e.score:.4f}"
         f1 = "" if e.f1 is None else f"{e.f1:.4f}"
-        mark = (
-            "yes"
-            if e.name in selected
-            else (
-                "below bar"
-                if e.score is not None and e.score < min_score and e.status == "landed"
-                else ""
-            )
-        )
+        values = [f"{e.metrics[m]:.4f}" if m in e.metrics else "" for m in metrics]
+        if e.name in why:
+            mark = f"yes: {why[e.name]}" if why[e.name] else "yes"
+        elif e.score is not None and e.score < min_score and e.status == "landed":
+            mark = "below bar"
+        else:
+            mark = ""
         rank_text = str(position) if e.status == "landed" else ""
-        rows.append(f"| {rank_text} | {e.name} | {e.status} | {score} | {f1} | {mark} | {e.note} |")
+        cells = [rank_text, e.name, e.status, score, *values, f1, mark, e.note]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

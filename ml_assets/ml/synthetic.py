@@ -40,12 +40,18 @@ chunks into Parquet row groups, keeping peak memory at about one row group) prod
 the rows of :func:`generate_videos`. Feature matrices are float32 throughout (noise is drawn
 directly as float32); ``generate_videos`` fills one preallocated ``rows x (rgb + audio)``
 float32 block, so its peak is roughly the size of the returned frame.
+:func:`write_video_shards` streams the same rows, chunk by chunk, into YouTube-8M video-level
+TFRecord shards (``id``, ``labels`` as entity indices, ``mean_rgb``, ``mean_audio``), and
+:func:`write_vocabulary` writes the matching YouTube-8M ``vocabulary.csv``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import itertools
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,13 +65,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "VOCABULARY_COLUMNS",
     "Perspective",
     "audio_columns",
     "entity_names",
     "entity_perspectives",
     "generate_videos",
     "rgb_columns",
+    "write_video_shards",
     "write_videos",
+    "write_vocabulary",
 ]
 
 Perspective = Literal["audio", "visual", "both"]
@@ -319,38 +328,214 @@ def write_videos(
     names = pa.array(entity_names(entities), type=pa.string())
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Dictionary-encoding 1000+ high-entropy float columns is slow and makes the file larger;
+    # only the low-cardinality tag strings benefit from it.
+    with (
+        _atomic(path) as tmp,
+        pq.ParquetWriter(tmp, schema, use_dictionary=["tags"]) as writer,
+    ):
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for c, start, n in spec.chunks():
+            feats = np.empty((n, spec.dims), dtype=np.float32)
+            tag_idx, counts = _fill_chunk(spec, model, c, feats)
+            columns_major = np.ascontiguousarray(feats.T)
+            del feats
+            offsets = pa.array(np.concatenate(([0], np.cumsum(counts))), type=pa.int32())
+            tag_values = names.take(pa.array(tag_idx))
+            arrays: list[pa.Array] = [pa.array(_video_ids(start, n, rows), type=pa.string())]
+            arrays += [pa.array(col) for col in columns_major]
+            arrays.append(pa.ListArray.from_arrays(offsets, tag_values))
+            pending.append(pa.Table.from_arrays(arrays, schema=schema))
+            pending_rows += n
+            del columns_major, arrays
+            while pending_rows >= row_group_size:
+                table = pa.concat_tables(pending)
+                writer.write_table(table.slice(0, row_group_size), row_group_size)
+                rest = table.slice(row_group_size)
+                pending, pending_rows = [rest], rest.num_rows
+        if pending_rows:
+            writer.write_table(pa.concat_tables(pending), row_group_size)
+    return path
+
+
+# --------------------------------------------------------------------------- YouTube-8M files
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path``, moved onto it when the block ends without error."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # Dictionary-encoding 1000+ high-entropy float columns is slow and makes the file
-        # larger; only the low-cardinality tag strings benefit from it.
-        with pq.ParquetWriter(tmp, schema, use_dictionary=["tags"]) as writer:
-            pending: list[pa.Table] = []
-            pending_rows = 0
-            for c, start, n in spec.chunks():
-                feats = np.empty((n, spec.dims), dtype=np.float32)
-                tag_idx, counts = _fill_chunk(spec, model, c, feats)
-                columns_major = np.ascontiguousarray(feats.T)
-                del feats
-                offsets = pa.array(np.concatenate(([0], np.cumsum(counts))), type=pa.int32())
-                tag_values = names.take(pa.array(tag_idx))
-                arrays: list[pa.Array] = [pa.array(_video_ids(start, n, rows), type=pa.string())]
-                arrays += [pa.array(col) for col in columns_major]
-                arrays.append(pa.ListArray.from_arrays(offsets, tag_values))
-                pending.append(pa.Table.from_arrays(arrays, schema=schema))
-                pending_rows += n
-                del columns_major, arrays
-                while pending_rows >= row_group_size:
-                    table = pa.concat_tables(pending)
-                    writer.write_table(table.slice(0, row_group_size), row_group_size)
-                    rest = table.slice(row_group_size)
-                    pending, pending_rows = [rest], rest.num_rows
-            if pending_rows:
-                writer.write_table(pa.concat_tables(pending), row_group_size)
+        yield tmp
+        # mkstemp creates the file 0600; a generated dataset gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _shard_names(prefix: str, shards: int) -> list[str]:
+    width = max(4, len(str(shards - 1)))
+    return [f"{prefix}{s:0{width}d}.tfrecord" for s in range(shards)]
+
+
+def write_video_shards(
+    directory: Path,
+    rows: int,
+    entities: int = 20,
+    *,
+    shards: int = 4,
+    seed: int = 0,
+    rgb_dims: int = 1024,
+    audio_dims: int = 128,
+    mean_tags: float = 3.0,
+    prefix: str = "train",
+) -> list[Path]:
+    """Write the rows of :func:`generate_videos` (same args) as YouTube-8M video-level shards.
+
+    ``<prefix>0000.tfrecord`` ... in ``directory`` (created), ``shards`` contiguous runs of
+    rows (sizes differing by at most one), so reading the shards in name order gives the rows
+    in order. Each record is a ``tensorflow.Example`` with ``id`` (the video id, bytes),
+    ``labels`` (the tags' entity indices, int64, ascending), ``mean_rgb`` and ``mean_audio``
+    (float32, bit-identical to the frame's columns). Rows are generated chunk by chunk (memory
+    is about one chunk); each shard is written to a temporary file and moved into place, and
+    older shards of the same prefix beyond ``shards`` (from a larger earlier run) are removed
+    so that a glob over the directory sees only this dataset. Needs the `tfrecords` package
+    (Linux). Returns the shard paths.
+    """
+    from ml_assets.ml.tfrecord import record_writer
+
+    _check_args(rows, entities, seed, rgb_dims, audio_dims, mean_tags)
+    _check_int("shards", shards, minimum=1)
+    if shards > rows:
+        raise ValueError(f"shards must be <= rows ({rows}), got {shards}")
+    if not prefix or Path(prefix).name != prefix or prefix.startswith("."):
+        raise ValueError(f"prefix must be a plain file name prefix, got {prefix!r}")
+    directory = Path(directory)
+    spec = _Spec(rows, entities, seed, rgb_dims, audio_dims, float(mean_tags))
+    model = _build_model(spec)
+    paths = [directory / name for name in _shard_names(prefix, shards)]
+    bounds = [s * rows // shards for s in range(shards + 1)]  # shard s: bounds[s]:bounds[s+1]
+
+    records = _video_records(spec, model)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, first, last in zip(paths, bounds, bounds[1:], strict=False):
+        with _atomic(path) as tmp:
+            writer = record_writer(tmp)
+            try:
+                for record in itertools.islice(records, last - first):
+                    writer.write(record)
+            finally:
+                writer.close()
+    _remove_stale_shards(directory, prefix, {p.name for p in paths})
+    return paths
+
+
+def _video_records(spec: _Spec, model: _Model) -> Iterator[bytes]:
+    """The rows of `generate_videos` as serialized ``tensorflow.Example`` records, in order,
+    generated one chunk at a time."""
+    from ml_assets.ml.tfrecord import example_bytes
+
+    for c, start, n in spec.chunks():
+        feats = np.empty((n, spec.dims), dtype=np.float32)
+        tag_idx, counts = _fill_chunk(spec, model, c, feats)
+        offsets = np.concatenate(([0], np.cumsum(counts))).tolist()
+        for r, video_id in enumerate(_video_ids(start, n, spec.rows)):
+            yield example_bytes(
+                {
+                    "id": video_id.encode("utf-8"),
+                    "labels": tag_idx[offsets[r] : offsets[r + 1]],
+                    "mean_rgb": feats[r, : spec.rgb_dims],
+                    "mean_audio": feats[r, spec.rgb_dims :],
+                }
+            )
+        del feats, tag_idx
+
+
+def _remove_stale_shards(directory: Path, prefix: str, keep: set[str]) -> None:
+    pattern = re.compile(rf"{re.escape(prefix)}\d{{4,}}\.tfrecord")
+    for path in directory.iterdir():
+        if pattern.fullmatch(path.name) and path.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+VOCABULARY_COLUMNS = (
+    "Index",
+    "TrainVideoCount",
+    "KnowledgeGraphId",
+    "Name",
+    "WikiUrl",
+    "Vertical1",
+    "Vertical2",
+    "Vertical3",
+    "WikiDescription",
+)
+_PERSPECTIVE_NAMES = {"audio": "Audio", "visual": "Visual", "both": "Audio-visual"}
+_PERSPECTIVE_FEATURES = {
+    "audio": "mean_audio only",
+    "visual": "mean_rgb only",
+    "both": "both mean_rgb and mean_audio",
+}
+
+
+def _tag_probabilities(entities: int, mean_tags: float = 3.0) -> npt.NDArray[np.float64]:
+    """Each entity's probability of being on a video, estimated by running the generator's
+    tag sampler on a fixed simulation seed (at least 2**12 videos, up to 2**16)."""
+    _check_args(1, entities, 0, 1, 1, mean_tags)
+    videos = max(1 << 12, min(1 << 16, (1 << 24) // entities))
+    spec = _Spec(videos, entities, 2**31 - 1, 1, 1, float(mean_tags))
+    model = _build_model(spec)
+    hits = np.zeros(entities, dtype=np.int64)
+    for c, _, n in spec.chunks():
+        tag_idx, _ = _fill_chunk(spec, model, c, np.empty((n, spec.dims), dtype=np.float32))
+        hits += np.bincount(tag_idx, minlength=entities)
+    return hits / videos
+
+
+def write_vocabulary(
+    path: Path, entities: int, *, rows: int = 20_000, mean_tags: float = 3.0
+) -> Path:
+    """Write a YouTube-8M ``vocabulary.csv`` for the synthetic entities (one row each).
+
+    The real file's columns (:data:`VOCABULARY_COLUMNS`); ``Name`` says where an entity's
+    signal is (``"Audio entity 00"``, ``"Visual entity 01"``, ``"Audio-visual entity 04"``;
+    see :func:`entity_perspectives`), ``TrainVideoCount`` is the expected number of videos
+    tagged with it among ``rows`` generated with ``mean_tags``, and the rest are placeholders
+    (``/m/0synth00``, an example.org URL). Written atomically; returns ``path``.
+    """
+    _check_args(max(1, rows), entities, 0, 1, 1, mean_tags)
+    _check_int("rows", rows, minimum=0)
+    path = Path(path)
+    probabilities = _tag_probabilities(entities, mean_tags)
+    width = max(2, len(str(entities - 1)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(VOCABULARY_COLUMNS)
+        for i, perspective in enumerate(entity_perspectives(entities).values()):
+            number = f"{i:0{width}d}"
+            kind = _PERSPECTIVE_NAMES[perspective]
+            out.writerow(
+                (
+                    i,
+                    round(rows * float(probabilities[i])),
+                    f"/m/0synth{number}",
+                    f"{kind} entity {number}",
+                    f"https://example.org/wiki/Synthetic_entity_{number}",
+                    "Synthetic",
+                    kind,
+                    "",
+                    f"Synthetic entity {number} ({perspective}): its signal is in "
+                    f"{_PERSPECTIVE_FEATURES[perspective]}; on about "
+                    f"{100 * probabilities[i]:.1f}% of videos.",
+                )
+            )
     return path

@@ -8,7 +8,7 @@ why (its invalid config, or its last run's error).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from dagster import (
     AssetPartitionStatus,
@@ -20,6 +20,7 @@ from dagster import (
 
 from ml_assets.core.config import CandidateConfig, Settings
 from ml_assets.core.names import PARTITION_TAG, TRAINED_MODEL
+from ml_assets.ml.metrics import METRICS, metric_label
 from ml_assets.ml.models import CandidateError, validate_candidate
 from ml_assets.ml.ranking import LeaderboardEntry
 from ml_assets.state.partitions import candidates_partitions
@@ -69,12 +70,19 @@ def leaderboard(
             else:
                 entries.append(_missing_or_invalid(candidate))
             continue
-        common = {
-            "score": float(record["score"]),
+        metric = settings.selection.metric
+        # The metadata's figures are rounded for display; with a store, the model's own
+        # artifact gives them in full precision below.
+        recorded = {
+            m: float(record[metric_label(m)]) for m in METRICS if metric_label(m) in record.metadata
+        }
+        common: dict[str, Any] = {
+            "score": recorded.get(metric, float(record["score"])),
             "f1": float(record.get("macro_f1", record.get("micro_f1", 0.0))),
             "model_key": record["model_key"],
             "model_digest": record["digest"],
             "model_type": record["model_type"],
+            "metrics": recorded,
         }
         if record["dataset_key"] != dataset_key:
             entries.append(
@@ -97,13 +105,14 @@ def leaderboard(
                     **common,
                 )
             )
-        elif store is not None and isinstance(score := _verified_score(store, record), str):
-            entries.append(LeaderboardEntry(name, "broken", note=score, **common))
+        elif store is not None and isinstance(verified := _verified_metrics(store, record), str):
+            entries.append(LeaderboardEntry(name, "broken", note=verified, **common))
         else:
             if store is not None:
-                # The metadata's score is rounded for display; rank and apply the bar on the
-                # full-precision score that the model's own artifact keeps.
-                common["score"] = score
+                # Rank and apply the bar on the full-precision figures the artifact keeps.
+                assert isinstance(verified, dict)
+                common["metrics"] = verified
+                common["score"] = verified[metric]
             note = ""
             if status == AssetPartitionStatus.IN_PROGRESS:
                 note = "retraining now"
@@ -165,11 +174,14 @@ def _missing_or_invalid(candidate: CandidateConfig) -> LeaderboardEntry:
     return LeaderboardEntry(candidate.name, "missing")
 
 
-def _verified_score(store: ArtifactStore, record: Record) -> float | str:
-    """The recorded model's full-precision score once its artifact verifies, or why it
-    cannot be served."""
+def _verified_metrics(store: ArtifactStore, record: Record) -> dict[str, float] | str:
+    """The recorded model's full-precision validation metrics once its artifact verifies, or
+    why it cannot be served."""
     try:
         artifact = store.verify("models", record["model_key"], record["digest"])
-        return float(read_training_meta(artifact)["score"])
+        metrics = read_training_meta(artifact).get("metrics")
+        if not isinstance(metrics, dict) or set(METRICS) - set(metrics):
+            return "model artifact lacks validation metrics (trained by an older version)"
+        return {name: float(metrics[name]) for name in METRICS}
     except (ArtifactError, OSError, ValueError, KeyError, TypeError) as error:
         return f"model artifact unusable, passed over: {error}"

@@ -1,4 +1,5 @@
-"""The candidates' dynamic partitions of `trained_model`: one per candidate in `ml_assets.yaml`."""
+"""Dynamic partitions: one `trained_model` partition per candidate in `ml_assets.yaml`, and one
+request-batch partition per file in `serving.requests`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Iterable
 
 from dagster import DagsterInstance, DynamicPartitionsDefinition
 
-from ml_assets.core.names import CANDIDATES_PARTITIONS
+from ml_assets.core.names import BATCH_PARTITIONS, CANDIDATES_PARTITIONS
 
 candidates_partitions = DynamicPartitionsDefinition(name=CANDIDATES_PARTITIONS)
+# One partition per request batch file (`serving.requests`), named by the file's name.
+batch_partitions = DynamicPartitionsDefinition(name=BATCH_PARTITIONS)
 
 
 def partition_changes(

@@ -5,19 +5,23 @@ Launch-level skipping lives here: a step whose inputs' versions are unchanged ge
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ml_assets.core.config import CandidateConfig, Settings
-from ml_assets.core.keys import model_memo_key
+from ml_assets.core.keys import SELECTION_CODE_VERSION, file_sha256, model_memo_key
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
     ATTEMPT_TAG,
+    BATCH_AGGREGATED_PREDICTIONS,
     INGESTED_DATASET,
     MODEL_SELECTION,
     PARTITION_TAG,
+    SERVING_REQUESTS,
     TRAINED_MODEL,
 )
+from ml_assets.ml.datasets import batch_files
 from ml_assets.ml.models import CandidateError, validate_candidate
 from ml_assets.state.records import latest_record, latest_records
 from ml_assets.state.runs import run_failure
@@ -153,9 +157,37 @@ def serving_is_current(instance: DagsterInstance, settings: Settings, store: Art
         )
     except ArtifactError:
         return False
+    if selection.get("settings") != settings.selection.model_dump():
+        return False  # `selection:` in ml_assets.yaml changed since (metric, bar, strategy, …)
+    if selection.get("code_version") != SELECTION_CODE_VERSION:
+        return False
     seen = {(e["name"], e["model_key"]) for e in selection["leaderboard"] if e["model_key"]}
     models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
     if any((name, record["model_key"]) not in seen for name, record in models.items()):
         return False
     dataset = latest_record(instance, INGESTED_DATASET)
     return dataset is not None and dataset["dataset_key"] == selection["dataset_key"]
+
+
+def stale_batches(instance: DagsterInstance, settings: Settings, base_dir: Path) -> list[str]:
+    """The request batches (`serving.requests`) whose latest answer is not from the current
+    selection and the file as it is now; none before the first selection."""
+    if settings.serving.requests is None:
+        return []
+    selection = latest_record(instance, MODEL_SELECTION)
+    if selection is None:
+        return []
+    files = batch_files(settings.serving.requests, base_dir)
+    answers = latest_records(instance, BATCH_AGGREGATED_PREDICTIONS, list(files))
+    requests = latest_records(instance, SERVING_REQUESTS, list(files))
+    stale = []
+    for name, path in files.items():
+        answer, stored = answers.get(name), requests.get(name)
+        if (
+            answer is None
+            or stored is None
+            or answer["selection_key"] != selection["selection_key"]
+            or stored["file_sha256"] != file_sha256(path)
+        ):
+            stale.append(name)
+    return stale

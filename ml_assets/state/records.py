@@ -21,8 +21,10 @@ from dagster import (
 
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
+    BATCH_AGGREGATED_PREDICTIONS,
     INGESTED_DATASET,
     MODEL_SELECTION,
+    SERVING_REQUESTS,
     TRAINED_MODEL,
 )
 from ml_assets.core.reingest import IngestionState
@@ -52,6 +54,8 @@ _ARTIFACT_FIELDS: Final = {
     TRAINED_MODEL: ("models", "model_key"),
     MODEL_SELECTION: ("selections", "selection_key"),
     AGGREGATED_PREDICTIONS: ("aggregated", "aggregated_key"),
+    SERVING_REQUESTS: ("requests", "requests_key"),
+    BATCH_AGGREGATED_PREDICTIONS: ("aggregated", "aggregated_key"),
 }
 _PREDICTIONS_FIELD: Final = ("predictions", "predictions_key")  # every predictions_rank_<i>
 
@@ -61,7 +65,7 @@ def recorded_artifact(key: AssetKey, record: Record) -> tuple[str, str, str] | N
     none (a serving rank that had no model to serve)."""
     if key in _ARTIFACT_FIELDS:
         kind, field = _ARTIFACT_FIELDS[key]
-    elif key.path[-1].startswith("predictions_rank_"):
+    elif key.path[-1].startswith(("predictions_rank_", "batch_predictions_rank_")):
         kind, field = _PREDICTIONS_FIELD
     else:
         return None

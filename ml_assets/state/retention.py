@@ -11,9 +11,13 @@ from dagster import DagsterInstance, RunsFilter
 from ml_assets.core.config import Settings
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
+    BATCH_AGGREGATED_PREDICTIONS,
+    BATCH_PARTITIONS,
     INGESTED_DATASET,
     MODEL_SELECTION,
+    SERVING_REQUESTS,
     TRAINED_MODEL,
+    batch_prediction_key,
     prediction_key,
 )
 from ml_assets.core.process import process_gone
@@ -27,7 +31,8 @@ def protected_entries(
     instance: DagsterInstance, settings: Settings, store: ArtifactStore
 ) -> set[tuple[str, str]]:
     """What GC must keep: the current dataset, selection and serving outputs, the latest model
-    of every configured candidate, and what the current selection serves."""
+    of every configured candidate, what the current selection serves, and every request
+    batch's latest requests and answers."""
     latest = [
         (key, latest_record(instance, key))
         for key in (
@@ -39,6 +44,14 @@ def protected_entries(
     ]
     models = latest_records(instance, TRAINED_MODEL, [c.name for c in settings.candidates])
     latest += [(TRAINED_MODEL, record) for record in models.values()]
+    # Every request batch's latest requests and answers (a user reads them by path).
+    batches = instance.get_dynamic_partitions(BATCH_PARTITIONS)
+    for key in (
+        SERVING_REQUESTS,
+        BATCH_AGGREGATED_PREDICTIONS,
+        *(batch_prediction_key(rank) for rank in range(1, settings.selection.top_k + 1)),
+    ):
+        latest += [(key, record) for record in latest_records(instance, key, batches).values()]
     keep: set[tuple[str, str]] = set()
     for key, record in latest:
         if record is not None and (named := recorded_artifact(key, record)) is not None:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml_assets.ml.datasets import PARTS, Dataset, Task, write_parquet
+from ml_assets.ml.datasets import PARTS, Dataset, Task, write_parquet, write_part
 from ml_assets.ml.models import TrainedModel, load_model, save_model
 from ml_assets.storage.store import Artifact, ArtifactError, ArtifactStore
 
@@ -19,6 +20,7 @@ DATASET_META: Final = "dataset.json"
 TRAINING_META: Final = "training.json"
 SELECTION_FILE: Final = "selection.json"
 PREDICTIONS_FILE: Final = "predictions.parquet"
+VALIDATION_SCORES: Final = "validation_scores.npy"
 
 
 @dataclass(frozen=True)
@@ -31,18 +33,22 @@ class DatasetInfo:
 
 
 def write_dataset(
-    store: ArtifactStore, key: str, parts: Mapping[str, Dataset], extra: Mapping[str, Any]
+    store: ArtifactStore,
+    key: str,
+    dataset: Dataset,
+    rows: Mapping[str, np.ndarray],
+    extra: Mapping[str, Any],
 ) -> Artifact:
-    first = parts["train"]
+    """Each part (`rows`, from `split_rows`) streamed into its own Parquet file."""
 
     def _write(directory: Path) -> None:
         for name in PARTS:
-            write_parquet(parts[name].to_frame(), directory / f"{name}.parquet")
+            write_part(dataset, rows[name], directory / f"{name}.parquet")
         meta = {
-            "task": first.task,
-            "entities": first.entities,
-            "features": first.features,
-            "rows": {name: len(parts[name]) for name in PARTS},
+            "task": dataset.task,
+            "entities": dataset.entities,
+            "features": dataset.features,
+            "rows": {name: len(rows[name]) for name in PARTS},
             **extra,
         }
         (directory / DATASET_META).write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -70,15 +76,28 @@ def read_dataset_part(
 
 
 def write_model(
-    store: ArtifactStore, key: str, model: TrainedModel, training: Mapping[str, Any]
+    store: ArtifactStore,
+    key: str,
+    model: TrainedModel,
+    training: Mapping[str, Any],
+    validation_scores: np.ndarray,
 ) -> Artifact:
+    """The model, its training record and its per-entity scores on the validation split."""
+
     def _write(directory: Path) -> None:
         save_model(model, directory)
+        np.save(directory / VALIDATION_SCORES, validation_scores.astype(np.float32))
         (directory / TRAINING_META).write_text(
             json.dumps(dict(training), indent=1, sort_keys=True, default=str)
         )
 
     return store.put("models", key, _write)
+
+
+def read_validation_scores(artifact: Artifact) -> np.ndarray:
+    """A verified model artifact's scores on the validation split (records × entities)."""
+    scores: np.ndarray = np.load(artifact.file(VALIDATION_SCORES), allow_pickle=False)
+    return scores
 
 
 def read_training_meta(artifact: Artifact) -> dict[str, Any]:

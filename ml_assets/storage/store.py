@@ -25,7 +25,7 @@ from typing import Final
 from ml_assets.core.keys import file_sha256
 
 MANIFEST: Final = "MANIFEST.json"
-KINDS: Final = ("datasets", "models", "selections", "predictions", "aggregated")
+KINDS: Final = ("datasets", "models", "selections", "predictions", "aggregated", "requests")
 _KEY_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 

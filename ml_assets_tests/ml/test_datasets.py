@@ -133,7 +133,10 @@ def test_directory_as_source(tmp_path: Path) -> None:
 
 def test_unsupported_suffix(tmp_path: Path) -> None:
     (tmp_path / "data.json").write_text("{}")
-    with pytest.raises(DatasetError, match=r"suffix '\.json'; expected \.csv, \.parquet or \.pq"):
+    with pytest.raises(
+        DatasetError,
+        match=r"suffix '\.json'; expected \.csv, \.parquet, \.pq, \.tfrecord or \.tfrecords",
+    ):
         read_source("data.json", tmp_path)
 
 

@@ -34,7 +34,13 @@ from ml_assets.core.reingest import (
 )
 from ml_assets.defs.failures import user_failure
 from ml_assets.defs.resources import ArtifactStoreResource, ClockResource, SettingsResource
-from ml_assets.ml.datasets import PARTS, DatasetError, clean, content_hash, read_source, split
+from ml_assets.ml.datasets import (
+    PARTS,
+    DatasetError,
+    load_dataset,
+    split_content_hash,
+    split_rows,
+)
 from ml_assets.state.records import last_ingestion
 from ml_assets.storage.artifacts import write_dataset
 
@@ -111,25 +117,33 @@ def ingested_dataset(
         decision = Decision(True, f"cached dataset unusable ({miss or 'digest differs'})")
     context.log.info(f"ingesting: {decision.reason}")
     try:
-        frame = read_source(cfg.dataset.source, settings.base_dir())
-        dataset, dropped = clean(frame, cfg.dataset.label, cfg.dataset.id, cfg.dataset.source)
-        parts = split(
+        dataset, dropped = load_dataset(
+            cfg.dataset.source,
+            settings.base_dir(),
+            cfg.dataset.label,
+            cfg.dataset.id,
+            cfg.dataset.vocabulary,
+        )
+        rows = split_rows(
             dataset,
             validation=cfg.dataset.split.validation,
             serving=cfg.dataset.split.serving,
             seed=cfg.training.seed,
         )
         after = fingerprint_source(
-            cfg.dataset.source, settings.base_dir(), (before.cheap_key, before.content_hash)
+            cfg.dataset.source,
+            settings.base_dir(),
+            (before.cheap_key, before.content_hash),
+            vocabulary=cfg.dataset.vocabulary,
         )
     except DatasetError as error:
         raise user_failure(error) from error
     if after.cheap_key != before.cheap_key:
         # Retryable: a writer was still at work; the next attempt reads a settled source.
         raise Failure(f"dataset.source {cfg.dataset.source!r} changed while it was being ingested")
-    version = content_hash(parts)[:24]
+    version = split_content_hash(dataset, rows)[:24]
     artifact = write_dataset(
-        artifacts, version, parts, {"source": cfg.dataset.source, "dropped": dropped}
+        artifacts, version, dataset, rows, {"source": cfg.dataset.source, "dropped": dropped}
     )
     state = IngestionState(
         ingested_at=now,
@@ -153,7 +167,7 @@ def ingested_dataset(
             "records": len(dataset),
             "entities": len(dataset.entities),
             "features": len(dataset.features),
-            **{f"rows_{name}": len(parts[name]) for name in PARTS},
+            **{f"rows_{name}": len(rows[name]) for name in PARTS},
             **{f"dropped_{name}": count for name, count in dropped.items()},
             **_state_metadata(state.as_metadata()),
             "memoized": False,

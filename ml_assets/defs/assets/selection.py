@@ -1,5 +1,6 @@
 """`model_selection`: the top k landed candidates that clear the bar (fan-in)."""
 
+from dataclasses import dataclass
 from typing import get_args
 
 from dagster import (
@@ -14,19 +15,96 @@ from dagster import (
     asset,
 )
 
+from ml_assets.core.config import SelectionConfig
 from ml_assets.core.keys import SELECTION_CODE_VERSION, memo_key
 from ml_assets.core.names import INGESTED_DATASET, MODEL_SELECTION, SERVING_POOL, TRAINED_MODEL
 from ml_assets.defs.io_manager import Upstream
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
+from ml_assets.ml.ensemble import select_ensemble
+from ml_assets.ml.metrics import METRICS
 from ml_assets.ml.ranking import (
+    LeaderboardEntry,
     NoQualifyingModelError,
     Status,
     leaderboard_markdown,
+    qualifying,
     rank,
-    select_top_k,
 )
 from ml_assets.state.leaderboard import leaderboard
-from ml_assets.storage.artifacts import SELECTION_FILE, write_json
+from ml_assets.state.records import Record
+from ml_assets.storage.artifacts import (
+    SELECTION_FILE,
+    read_dataset_part,
+    read_validation_scores,
+    write_json,
+)
+from ml_assets.storage.store import ArtifactError, ArtifactStore
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The served members, their weights and why each was picked."""
+
+    members: list[str]
+    weights: list[float]
+    why: dict[str, str]
+    reason: str
+    strategy_used: str
+    score: float  # the chosen ensemble's validation score (NaN when not computed)
+    top_k_score: float
+
+
+def _choose(
+    selection: SelectionConfig,
+    qualified: list[LeaderboardEntry],
+    store: ArtifactStore,
+    dataset: Record,
+) -> Choice:
+    """`top_k`: the best k by score (the seed's rule). `ensemble`: greedy forward selection on
+    the validation split among the qualified candidates (`ml.ensemble`)."""
+    metric, k = selection.metric, selection.top_k
+    if selection.strategy == "top_k":
+        top = qualified[:k]
+        return Choice(
+            members=[e.name for e in top],
+            weights=[1.0 / len(top)] * len(top),
+            why={e.name: f"rank {i} by {metric}" for i, e in enumerate(top, start=1)},
+            reason=f"top {k} by {metric}",
+            strategy_used="top_k",
+            score=float("nan"),
+            top_k_score=float("nan"),
+        )
+    try:
+        artifact = store.verify("datasets", dataset["dataset_key"], dataset["digest"])
+        truth = read_dataset_part(artifact, "validation", columns=[]).Y
+        scores = {
+            e.name: read_validation_scores(store.verify("models", str(e.model_key), e.model_digest))
+            for e in qualified
+        }
+    except (ArtifactError, OSError, ValueError) as error:
+        raise Failure(f"ensemble selection cannot read the validation scores: {error}") from error
+    choice = select_ensemble(
+        scores,
+        truth,
+        METRICS[metric],
+        k=k,
+        eligible=[e.name for e in qualified],
+        weighted=selection.weighted,
+        metric_name=metric,
+    )
+    if choice.picks:
+        why = {p.name: p.reason for p in choice.picks}
+    else:
+        why = {name: f"rank {i} by {metric}" for i, name in enumerate(choice.members, start=1)}
+    return Choice(
+        members=choice.members,
+        weights=choice.weights,
+        why=why,
+        reason=choice.reason,
+        strategy_used=choice.strategy_used,
+        score=choice.score,
+        top_k_score=choice.top_k_score,
+    )
 
 
 @asset(
@@ -52,8 +130,9 @@ def model_selection(
     data = dataset.record("ingest first")
     dataset_key = data["dataset_key"]
     entries = leaderboard(context.instance, cfg, dataset_key, artifacts)
+    metric_names = list(METRICS)
     try:
-        selected = select_top_k(entries, cfg.selection.top_k, cfg.selection.min_score)
+        qualified = qualifying(entries, cfg.selection.min_score)
     except NoQualifyingModelError as error:
         # Visible as a failed check too; the previous selection and predictions stay in place.
         context.log_event(
@@ -68,27 +147,42 @@ def model_selection(
             str(error),
             metadata={
                 "leaderboard": MetadataValue.md(
-                    leaderboard_markdown(entries, [], cfg.selection.min_score)
+                    leaderboard_markdown(entries, [], cfg.selection.min_score, metric_names)
                 )
             },
             allow_retries=False,
         ) from error
+    choice = _choose(cfg.selection, qualified, artifacts, data)
+    by_name = {e.name: e for e in qualified}
+    selected = [by_name[name] for name in choice.members]
     # The version covers what is served; the artifact key also covers the leaderboard it saw.
-    version = memo_key(dataset_key, [(e.name, e.model_key) for e in selected])
-    key = memo_key(version, [(e.name, e.status, e.model_key) for e in entries])
+    served = [(e.name, e.model_key, w) for e, w in zip(selected, choice.weights, strict=True)]
+    version = memo_key(dataset_key, served)
+    key = memo_key(version, cfg.selection, [(e.name, e.status, e.model_key) for e in entries])
     body = {
         "key": key,
         "version": version,
         "dataset_key": dataset_key,
         "dataset_digest": data["digest"],
+        "code_version": SELECTION_CODE_VERSION,
+        "settings": cfg.selection.model_dump(),
+        "metric": cfg.selection.metric,
         "min_score": cfg.selection.min_score,
-        "selected": [e.as_dict() for e in selected],
+        "strategy": cfg.selection.strategy,
+        "strategy_used": choice.strategy_used,
+        "reason": choice.reason,
+        "validation_score": choice.score,
+        "top_k_validation_score": choice.top_k_score,
+        "selected": [
+            {**e.as_dict(), "weight": w, "why": choice.why[e.name]}
+            for e, w in zip(selected, choice.weights, strict=True)
+        ],
         "leaderboard": [e.as_dict() for e in rank(entries)],
     }
     counts = {s: sum(e.status == s for e in entries) for s in get_args(Status) if s != "invalid"}
     computed_from = (
-        f"{counts['landed']} landed candidates (top {cfg.selection.top_k} with score "
-        f"≥ {cfg.selection.min_score})"
+        f"{counts['landed']} landed candidates ({choice.reason}; "
+        f"{cfg.selection.metric} ≥ {cfg.selection.min_score})"
     )
     # The key covers the dataset, what is served and every candidate's status and model: an
     # intact artifact under it is this selection (and `write_json` would keep it anyway).
@@ -109,10 +203,17 @@ def model_selection(
             "selection_key": key,
             "digest": artifact.digest,
             "selected": names,
+            "weights": [round(w, 4) for w in choice.weights],
+            "metric": cfg.selection.metric,
+            "strategy": cfg.selection.strategy,
+            "strategy_used": choice.strategy_used,
+            "why": choice.reason,
+            "validation_ensemble_score": round(choice.score, 4),
+            "validation_top_k_score": round(choice.top_k_score, 4),
             "dataset_key": dataset_key,
             "top_score": round(selected[0].score or 0.0, 4),
             "leaderboard": MetadataValue.md(
-                leaderboard_markdown(entries, names, cfg.selection.min_score)
+                leaderboard_markdown(entries, choice.why, cfg.selection.min_score, metric_names)
             ),
             **{f"candidates_{s}": n for s, n in counts.items()},
             "memoized": memoized,

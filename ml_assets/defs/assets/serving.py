@@ -27,7 +27,13 @@ from ml_assets.core.names import (
 from ml_assets.defs.io_manager import Upstream
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
-from ml_assets.ml.metrics import entity_coverage, evaluate, predicted_tags
+from ml_assets.ml.metrics import (
+    all_metrics,
+    entities_covered,
+    evaluate,
+    metric_label,
+    predicted_tags,
+)
 from ml_assets.storage.artifacts import (
     PREDICTIONS_FILE,
     SELECTION_FILE,
@@ -203,7 +209,8 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
                     f"predictions of {entry['name']!r} do not have one row per serving request"
                 )
         threshold = cfg.serving.tag_threshold
-        output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold)
+        weights = [float(e.get("weight", 1.0 / len(selected))) for e in selected]
+        output, mean, tags = aggregate(requests.ids, entities, matrices, task, threshold, weights)
         key = memo_key(selection["version"], threshold, SERVING_CODE_VERSION)
         # The key covers the served models, the dataset and the threshold: an intact artifact
         # under it holds these very predictions.
@@ -219,32 +226,58 @@ def build_aggregation_asset(ranks: int) -> AssetsDefinition:
         else:
             artifact = write_frame(artifacts, "aggregated", key, output)
             reason = f"aggregated the per-entity scores of {len(selected)} selected model(s)"
+        metric = selection.get("metric", "hit@1")
         ensemble = evaluate(requests.Y, mean, task, threshold)
-        per_model: dict[str, float] = {}
-        coverage: dict[str, int] = {}
+        ensemble_metrics = all_metrics(requests.Y, mean)
+        per_model: dict[str, dict[str, float]] = {}
+        covered: dict[str, list[str]] = {}
         for (entry, _), matrix in zip(frames, matrices, strict=True):
-            scores = evaluate(requests.Y, matrix, task, threshold)
-            per_model[entry["name"]] = scores.hit_at_1
-            coverage[entry["name"]] = entity_coverage(
-                predicted_tags(matrix, task, threshold), requests.Y
-            )
-        coverage["ensemble"] = entity_coverage(tags, requests.Y)
-        best_single = max(per_model.values())
-        context.log.info(f"ensemble hit@1 {ensemble.hit_at_1:.4f} vs best single {best_single:.4f}")
+            per_model[entry["name"]] = all_metrics(requests.Y, matrix)
+            model_tags = predicted_tags(matrix, task, threshold)
+            covered[entry["name"]] = entities_covered(model_tags, requests.Y, entities)
+        covered["ensemble"] = entities_covered(tags, requests.Y, entities)
+        members = set().union(*(set(covered[e["name"]]) for e in selected))
+        best_single = max(scores[metric] for scores in per_model.values())
+        context.log.info(
+            f"ensemble {metric} {ensemble_metrics[metric]:.4f} vs best single {best_single:.4f}; "
+            f"entities tagged correctly: ensemble {len(covered['ensemble'])}, "
+            + ", ".join(f"{e['name']} {len(covered[e['name']])}" for e in selected)
+        )
         return MaterializeResult(
             data_version=DataVersion(key),
             metadata={
                 "selection_key": selection["key"],
                 "models": [e["name"] for e in selected],
+                "weights": [round(w, 4) for w in weights],
                 "rows": len(output),
-                "ensemble_score": round(ensemble.hit_at_1, 4),
+                "metric": metric,
+                "ensemble_score": round(ensemble_metrics[metric], 4),
+                **{
+                    f"ensemble_{metric_label(name)}": round(value, 4)
+                    for name, value in ensemble_metrics.items()
+                },
                 f"ensemble_{ensemble.f1_kind}": round(ensemble.f1, 4),
                 "best_single_score": round(best_single, 4),
                 "model_scores": MetadataValue.json(
-                    {name: round(score, 4) for name, score in per_model.items()}
+                    {
+                        name: {m: round(v, 4) for m, v in scores.items()}
+                        for name, scores in per_model.items()
+                    }
                 ),
-                "entity_coverage": MetadataValue.json(coverage),
-                "entities_tagged_ensemble": coverage["ensemble"],
+                # Which entities each model (and the ensemble) tags correctly at least once on
+                # the serving requests: two perspectives together cover more.
+                "entity_coverage": MetadataValue.json(
+                    {name: len(names) for name, names in covered.items()}
+                ),
+                "entities_covered": MetadataValue.json(covered),
+                "entities_beyond_best_member": MetadataValue.json(
+                    sorted(
+                        set(covered["ensemble"])
+                        - max((set(covered[e["name"]]) for e in selected), key=len)
+                    )
+                ),
+                "entities_tagged_ensemble": len(covered["ensemble"]),
+                "entities_tagged_any_member": len(members),
                 "aggregated_key": key,
                 "digest": artifact.digest,
                 "path": MetadataValue.path(str(artifact.file(PREDICTIONS_FILE))),

@@ -23,7 +23,7 @@ from ml_assets.core.process import lower_priority, worker_id
 from ml_assets.defs.failures import user_failure
 from ml_assets.defs.io_manager import load_upstream
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
-from ml_assets.ml.metrics import evaluate
+from ml_assets.ml.metrics import all_metrics, evaluate, metric_label
 from ml_assets.ml.models import CandidateError, select_features, train_candidate
 from ml_assets.state.partitions import candidates_partitions
 from ml_assets.storage.artifacts import (
@@ -59,14 +59,12 @@ def _train(
         )
     except CandidateError as error:
         raise user_failure(error) from error
-    scores = evaluate(
-        validation.Y,
-        result.model.predict_scores(validation.X),
-        validation.task,
-        settings.serving.tag_threshold,
-    )
+    predictions = result.model.predict_scores(validation.X)
+    scores = evaluate(validation.Y, predictions, validation.task, settings.serving.tag_threshold)
+    metrics = all_metrics(validation.Y, predictions)
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     context.log.info(
-        f"{candidate.name}: hit@1 {scores.hit_at_1:.4f}, {scores.f1_kind} {scores.f1:.4f}, "
+        f"{candidate.name}: {shown}, {scores.f1_kind} {scores.f1:.4f}, "
         f"trained in {result.seconds:.2f}s on {result.rows} rows"
     )
     training = {
@@ -75,6 +73,7 @@ def _train(
         "config_hash": candidate.config_hash(),
         "dataset_key": dataset.key,
         **scores.as_metadata(),
+        "metrics": metrics,
         "training_seconds": result.seconds,
         "rows": result.rows,
         "features": len(result.model.features),
@@ -82,7 +81,8 @@ def _train(
         "produced_by_run": context.run.run_id,
         "worker": worker_id(),
     }
-    return write_model(store, key, result.model, training)
+    # Kept with the model: ensemble selection scores combinations on the validation split.
+    return write_model(store, key, result.model, training, predictions)
 
 
 @asset(
@@ -137,9 +137,11 @@ def trained_model(
         model = _train(context, artifacts, candidate, cfg, data, key)
     # The artifact's training.json keeps full precision; the UI shows rounded figures.
     meta = read_training_meta(model)
+    metrics = meta["metrics"]
     metadata: dict[str, Any] = {
-        "score": round(meta["score"], 4),
-        "hit_at_1": round(meta["hit_at_1"], 4),
+        "score": round(metrics[cfg.selection.metric], 4),
+        "metric": cfg.selection.metric,
+        **{metric_label(name): round(value, 4) for name, value in metrics.items()},
         **{k: round(meta[k], 4) for k in ("macro_f1", "micro_f1") if k in meta},
         "training_seconds": round(meta["training_seconds"], 3),
         "rows": meta["rows"],
