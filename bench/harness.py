@@ -54,6 +54,7 @@ class Sizes:
     ingest_rows: int
     ingest_rgb_dims: int
     ingest_audio_dims: int
+    ingest_tfrecord_rows: int  # YouTube-8M-shaped shards at the full 1,024 + 128 dims
     scaling: tuple[int, ...]
 
 
@@ -67,6 +68,7 @@ MEDIUM: Final = Sizes(
     ingest_rows=1_000_000,
     ingest_rgb_dims=64,
     ingest_audio_dims=16,
+    ingest_tfrecord_rows=100_000,
     scaling=(5, 20, 50),
 )
 QUICK: Final = Sizes(
@@ -79,6 +81,7 @@ QUICK: Final = Sizes(
     ingest_rows=50_000,
     ingest_rgb_dims=64,
     ingest_audio_dims=16,
+    ingest_tfrecord_rows=5_000,
     scaling=(5, 10),
 )
 

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from bench.benchmarks import BENCHMARKS, Result
 from bench.harness import MEDIUM, QUICK, RESULTS, WORK, Context, Sizes, machine
-from bench.workloads import DIGITS_CANDIDATES, VIDEO_CANDIDATES, video_source
+from bench.workloads import (
+    BINARY_CANDIDATES,
+    BINARY_MIN_SCORE,
+    DIGITS_CANDIDATES,
+    TFRECORD_SHARDS,
+    VIDEO_CANDIDATES,
+    VIDEO_GAP_MIN_SCORE,
+    video_source,
+)
 
 
 def _selection(only: str | None) -> list[str]:
@@ -68,8 +76,15 @@ def _sizes_section(ctx: Context, keys: Sequence[str]) -> list[str]:
         + "; bar 0.90.",
         f"- Scaling (e): {', '.join(map(str, s.scaling))} candidates (Gaussian naive Bayes and "
         "decision trees, alternating) on digits, max_concurrent 2.",
-        f"- Ingestion (f): {s.ingest_rows:,} videos × ({s.ingest_rgb_dims} rgb + "
-        f"{s.ingest_audio_dims} audio) float32, {s.entities} entities.",
+        "- Breast cancer (h, strategy comparison): scikit-learn's 569 records, 30 features, 2 "
+        "classes, as CSV; candidates "
+        + ", ".join(f"`{c['name']}`" for c in BINARY_CANDIDATES)
+        + f"; bar {BINARY_MIN_SCORE:.2f}. The videos there are ranked by GAP@20 (bar "
+        f"{VIDEO_GAP_MIN_SCORE:.2f}).",
+        f"- Ingestion (f): Parquet, {s.ingest_rows:,} videos × ({s.ingest_rgb_dims} rgb + "
+        f"{s.ingest_audio_dims} audio) float32, {s.entities} entities; TFRecord, "
+        f"{s.ingest_tfrecord_rows:,} YouTube-8M-shaped records × (1,024 rgb + 128 audio) "
+        f"float32 in {TFRECORD_SHARDS} shards.",
     ]
     if any(k in keys for k in "abcdgh"):
         path = video_source(ctx)

@@ -148,6 +148,26 @@ DIGITS_CANDIDATES: Final[list[dict[str, Any]]] = [
 DIGITS_MIN_SCORE: Final = 0.90
 SCALING_MIN_SCORE: Final = 0.50
 
+# Benchmark h's binary dataset: scikit-learn's bundled breast-cancer table (569 records, 30
+# features, `label` malignant/benign) written to CSV, with a handful of diverse candidates.
+BINARY_CANDIDATES: Final[list[dict[str, Any]]] = [
+    {"name": "logistic_regression", "model": "logistic_regression", "params": {"C": 1.0}},
+    {"name": "random_forest", "model": "random_forest", "params": {"n_estimators": 200}},
+    {
+        "name": "lightgbm",
+        "model": "lightgbm",
+        "params": {"num_leaves": 7, "n_estimators": 100},
+    },
+    {"name": "knn", "model": "knn", "params": {"n_neighbors": 5}},
+    {"name": "gaussian_nb", "model": "gaussian_nb"},
+    {"name": "shallow_tree", "model": "decision_tree", "params": {"max_depth": 3}},
+]
+BINARY_MIN_SCORE: Final = 0.90
+# Benchmark h's strategy comparison ranks the videos by GAP@20, with examples/yt8m.yaml's bar.
+VIDEO_GAP_MIN_SCORE: Final = 0.60
+# Benchmark f's TFRecord source: this many shards (a glob `train*.tfrecord` over them).
+TFRECORD_SHARDS: Final = 8
+
 
 def videos(rows: int, rgb_dims: int, audio_dims: int, entities: int, seed: int = 0) -> Path:
     """The generator's YouTube-8M-shaped Parquet file, written once and reused (deterministic)."""
@@ -167,6 +187,45 @@ def video_source(ctx: Context) -> Path:
 def ingestion_source(ctx: Context) -> Path:
     s = ctx.sizes
     return videos(s.ingest_rows, s.ingest_rgb_dims, s.ingest_audio_dims, s.entities)
+
+
+def ingestion_shards(ctx: Context) -> Path:
+    """YouTube-8M-shaped TFRecord shards at the full 1,024 + 128 dims (benchmark f), written
+    once into their own folder and reused (deterministic); returns the folder."""
+    from ml_assets.ml.synthetic import write_video_shards
+
+    s = ctx.sizes
+    directory = DATA / f"tfrecord_{s.ingest_tfrecord_rows}x1024+128_e{s.entities}_s0"
+    done = directory / ".complete"
+    if not done.is_file():
+        write_video_shards(
+            directory,
+            s.ingest_tfrecord_rows,
+            s.entities,
+            shards=TFRECORD_SHARDS,
+            seed=0,
+            rgb_dims=1024,
+            audio_dims=128,
+        )
+        done.write_text("")
+    return directory
+
+
+def breast_cancer() -> Path:
+    """scikit-learn's breast-cancer table as CSV: 30 snake_case features and `label`."""
+    path = DATA / "breast_cancer.csv"
+    if not path.is_file():
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer(as_frame=True)
+        frame = bunch.data.copy()
+        frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
+        frame["label"] = [str(bunch.target_names[t]) for t in bunch.target]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+    return path
 
 
 def write_config(
@@ -211,6 +270,15 @@ def digits_config(directory: Path) -> Path:
         {"source": "sklearn_digits", "label": "label"},
         DIGITS_CANDIDATES,
         DIGITS_MIN_SCORE,
+    )
+
+
+def binary_config(directory: Path) -> Path:
+    return write_config(
+        directory / "binary.yaml",
+        {"source": str(breast_cancer()), "label": "label"},
+        BINARY_CANDIDATES,
+        BINARY_MIN_SCORE,
     )
 
 

@@ -303,42 +303,52 @@ def _load_parquet(
     total = sum(handle.metadata.num_rows for handle in files)
     if total == 0:
         raise DatasetError(f"{source}: the dataset has no records")
-    x = np.empty((total, len(features)), dtype=np.float32)
-    labels: list[pa.Table] = []
-    row = 0
-    wanted = features + label_columns + ([id_column] if id_column else [])
-    for path, handle in zip(paths, files, strict=True):
-        try:
-            for batch in handle.iter_batches(
-                batch_size=min(_chunk_rows(4 * len(features)), _PARQUET_BATCH_ROWS), columns=wanted
-            ):
-                end = row + batch.num_rows
-                for j, name in enumerate(features):
-                    column = pc.cast(batch.column(name), pa.float32(), safe=False)
-                    x[row:end, j] = column.to_numpy(zero_copy_only=False)
-                rest = [batch.column(c) for c in wanted[len(features) :]]
-                labels.append(pa.Table.from_arrays(rest, names=wanted[len(features) :]))
-                row = end
-        except (pa.ArrowException, OSError) as error:
-            raise DatasetError(f"{path}: cannot read as Parquet: {error}") from None
-    table = pa.concat_tables(labels).combine_chunks()
-    del labels
+    # Labels and ids first (small columns), so that their Arrow buffers are gone before the
+    # feature block is filled: the peak is then the block, the labels and one batch.
+    others = label_columns + ([id_column] if id_column else [])
+    try:
+        table = pa.concat_tables(
+            [handle.read(columns=others, use_threads=False) for handle in files]
+        )
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(f"{source}: cannot read as Parquet: {error}") from None
     unlabeled = np.zeros(total, dtype=bool)
     for name in label_columns:
         unlabeled |= table.column(name).is_null().to_numpy(zero_copy_only=False)
     dropped = {"unlabeled": int(unlabeled.sum())}
+    if dropped["unlabeled"] == total:
+        raise DatasetError(f"{source}: no record has a label in {label_columns}")
     if dropped["unlabeled"]:
-        if dropped["unlabeled"] == total:
-            raise DatasetError(f"{source}: no record has a label in {label_columns}")
-        keep = np.flatnonzero(~unlabeled)
-        x = _compact(x, keep)
         table = table.filter(pa.array(~unlabeled))
     task, entities, y = _arrow_labels(table, label, vocabulary, source)
     if id_column is None:
-        ids = np.array([f"row_{i}" for i in range(len(x))], dtype=object)
+        ids = np.array([f"row_{i}" for i in range(len(table))], dtype=object)
     else:
-        ids = table.column(id_column).to_pandas().astype(str).to_numpy(dtype=object)
+        column = table.column(id_column)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            ids = column.to_numpy(zero_copy_only=False)  # one Python string per id
+        else:
+            ids = column.to_pandas().astype(str).to_numpy(dtype=object)
     del table
+    pa.default_memory_pool().release_unused()  # what decoding freed, back to the system
+
+    x = np.empty((total, len(features)), dtype=np.float32)
+    row = 0
+    batch_rows = min(_chunk_rows(4 * len(features)), _PARQUET_BATCH_ROWS)
+    for path, handle in zip(paths, files, strict=True):
+        try:
+            for batch in handle.iter_batches(
+                batch_size=batch_rows, columns=features, use_threads=False
+            ):
+                end = row + batch.num_rows
+                for j in range(len(features)):
+                    column = pc.cast(batch.column(j), pa.float32(), safe=False)
+                    x[row:end, j] = column.to_numpy(zero_copy_only=False)
+                row = end
+        except (pa.ArrowException, OSError) as error:
+            raise DatasetError(f"{path}: cannot read as Parquet: {error}") from None
+    if dropped["unlabeled"]:
+        x = _compact(x, np.flatnonzero(~unlabeled))
     return dataset_from_arrays(
         task=task,
         entities=entities,

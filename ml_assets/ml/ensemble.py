@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -39,6 +39,10 @@ class EnsembleChoice:
     top_k_score: float  # validation score of the top-k ensemble (equal-weight mean)
     strategy_used: Literal["ensemble", "top_k"]
     reason: str  # why this set (one line)
+    # What greedy selection found, kept or not (equal to members when it was kept).
+    greedy_members: list[str] = field(default_factory=list)
+    greedy_weights: list[float] = field(default_factory=list)
+    greedy_score: float = float("nan")
 
 
 def combine(matrices: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
@@ -209,6 +213,9 @@ def select_ensemble(
                 f"greedy selection ({metric_name} {score:.4f}) did not beat the "
                 f"top-{len(top_k)} ensemble ({top_k_score:.4f}); keeping top-{len(top_k)}"
             ),
+            greedy_members=members,
+            greedy_weights=weights,
+            greedy_score=score,
         )
     return EnsembleChoice(
         members=members,
@@ -223,4 +230,7 @@ def select_ensemble(
             f"{'beats' if score > top_k_score else 'ties with fewer members'} the "
             f"top-{len(top_k)} ensemble ({top_k_score:.4f}); {stop}"
         ),
+        greedy_members=members,
+        greedy_weights=weights,
+        greedy_score=score,
     )
