@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
 # The UI listens on localhost only; `make dev DEV_HOST=0.0.0.0` exposes it (no authentication).
 DEV_HOST ?= 127.0.0.1
 
-.PHONY: run test lint dev status worker bench clean
+.PHONY: run test lint dev status worker serve bench clean
 .DEFAULT_GOAL := run
 
 $(BIN)/.installed: pyproject.toml
@@ -36,6 +36,12 @@ lint: $(BIN)/.installed
 WORKER_ARGS ?=
 worker: $(BIN)/.installed
 	$(BIN)/ml-assets worker $(WORKER_ARGS)
+
+# The current model selection over HTTP (KServe V1), swapped as new ones land; on localhost:8080
+# unless told otherwise (e.g. `make serve SERVE_ARGS="--host 0.0.0.0 --port 9000"`).
+SERVE_ARGS ?=
+serve: $(BIN)/.installed
+	$(BIN)/ml-assets serve $(SERVE_ARGS)
 
 dev: $(BIN)/.installed
 	$(BIN)/ml-assets dev --host $(DEV_HOST) --port 3000

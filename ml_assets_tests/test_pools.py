@@ -19,7 +19,13 @@ from typing import Any
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from ml_assets.core.names import INGESTION_POOL, POOLS, SERVING_POOL, TRAINING_POOL
+from ml_assets.core.names import (
+    BATCHES_GROUP,
+    INGESTION_POOL,
+    POOLS,
+    SERVING_POOL,
+    TRAINING_POOL,
+)
 from ml_assets.definitions import build_definitions
 from ml_assets.defs.pools import apply_pool_limits
 from ml_assets_tests.faults import REPO, cli_env, project_home, wait_for
@@ -49,10 +55,14 @@ def test_every_materializable_asset_is_in_the_pool_of_its_stage() -> None:
         if graph.get(key).is_materializable
     }
     assert pools, "no materializable assets"
+    # Scoring request batches is serving work: its own group in the UI, the serving pool.
+    stage = {BATCHES_GROUP: SERVING_POOL}
     for name, (group, asset_pools) in pools.items():
-        assert asset_pools == {group}, f"{name} (group {group}) is in pools {asset_pools}"
-        assert group in POOLS, f"{name}: no pool constant for stage {group}"
+        pool = stage.get(group, group)
+        assert asset_pools == {pool}, f"{name} (group {group}) is in pools {asset_pools}"
+        assert pool in POOLS, f"{name}: no pool constant for stage {group}"
     assert pools["trained_model"][1] == {TRAINING_POOL}
+    assert pools["batch_aggregated_predictions"][1] == {SERVING_POOL}
 
 
 def test_training_pool_follows_max_concurrent_and_the_others_get_one_slot(

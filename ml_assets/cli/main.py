@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ml_assets.cli.local import prepare_home, quiet_library_warnings
 from ml_assets.cli.run import apply_pool_limits, cmd_run
+from ml_assets.cli.serve import add_serve_parser
 from ml_assets.cli.worker import add_worker_parser
 from ml_assets.core.config import load_settings
 from ml_assets.errors import find_user_error
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     home = sub.add_parser("home", help=cmd_home.__doc__)
     home.set_defaults(func=cmd_home)
     add_worker_parser(sub, _positive_int)
+    add_serve_parser(sub)
     return parser
 
 

@@ -9,6 +9,8 @@ from dagster import DagsterInstance
 from ml_assets.core.config import Settings
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
+    BATCH_AGGREGATED_PREDICTIONS,
+    BATCH_PARTITIONS,
     INGESTED_DATASET,
     MODEL_SELECTION,
     TRAINED_MODEL,
@@ -65,7 +67,29 @@ def collect_status(
             "current": selection is not None
             and aggregated["selection_key"] == selection["selection_key"],
         }
+    status["batches"] = _batches(instance, selection)
     return status
+
+
+def _batches(instance: DagsterInstance, selection: Any) -> list[dict[str, Any]]:
+    """Each request batch's latest answer: rows, path, whether the current selection gave it."""
+    names = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS))
+    answers = latest_records(instance, BATCH_AGGREGATED_PREDICTIONS, names)
+    result = []
+    for name in names:
+        answer = answers.get(name)
+        result.append(
+            {
+                "batch": name,
+                "rows": None if answer is None else answer["rows"],
+                "path": None if answer is None else answer["path"],
+                "models": None if answer is None else answer["models"],
+                "current": answer is not None
+                and selection is not None
+                and answer["selection_key"] == selection["selection_key"],
+            }
+        )
+    return result
 
 
 def format_status(status: dict[str, Any], min_score: float, metric: str) -> str:
@@ -108,4 +132,12 @@ def format_status(status: dict[str, Any], min_score: float, metric: str) -> str:
             )
         if not a["current"]:
             lines.append("  (from an earlier selection: serving has not caught up yet)")
+    if status.get("batches"):
+        lines.append("\nRequest batches:")
+        for b in status["batches"]:
+            if b["path"] is None:
+                lines.append(f"  {b['batch']:<24} no answer yet")
+                continue
+            note = "" if b["current"] else " (earlier selection)"
+            lines.append(f"  {b['batch']:<24} {b['rows']} answers{note}: {b['path']}")
     return "\n".join(lines)

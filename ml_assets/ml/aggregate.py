@@ -54,6 +54,34 @@ def ensemble_tags(
     return mean, union
 
 
+def ranked_tags(
+    entities: Sequence[str], mean: np.ndarray, tags: np.ndarray
+) -> tuple[list[list[str]], list[str]]:
+    """Each record's tags, best-scored first, and its top-scored entity."""
+    names = [str(e) for e in entities]
+    ranked = []
+    for row, tagged in zip(mean, tags, strict=True):
+        chosen = np.flatnonzero(tagged)
+        order = chosen[np.argsort(-row[chosen], kind="stable")]
+        ranked.append([names[j] for j in order])
+    top = [names[j] for j in np.argmax(mean, axis=1)]
+    return ranked, top
+
+
+def answer(
+    entities: Sequence[str],
+    matrices: Sequence[np.ndarray],
+    task: Task,
+    threshold: float,
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[list[str]], list[str]]:
+    """The ensemble's answer without a frame (what the HTTP server returns): mean scores, 0/1
+    tags, ranked tag names and the top entity of every record."""
+    mean, tags = ensemble_tags(matrices, task, threshold, weights)
+    ranked, top = ranked_tags(entities, mean, tags)
+    return mean, tags, ranked, top
+
+
 def aggregate(
     ids: np.ndarray,
     entities: Sequence[str],
@@ -63,11 +91,8 @@ def aggregate(
     weights: Sequence[float] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The user-facing frame (`request_id`, ranked `tags`, `top_entity`, scores) and arrays."""
-    mean, tags = ensemble_tags(matrices, task, threshold, weights)
-    names = np.asarray(entities, dtype=object)
-    order = np.argsort(-mean, axis=1, kind="stable")
-    ranked = [[str(names[j]) for j in row if tags[i, j]] for i, row in enumerate(order)]
+    mean, tags, ranked, top = answer(entities, matrices, task, threshold, weights)
     frame = scores_frame(ids, entities, mean)
     frame.insert(1, "tags", ranked)
-    frame.insert(2, "top_entity", names[order[:, 0]].astype(str))
+    frame.insert(2, "top_entity", top)
     return frame, mean, tags
