@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterRunStatus,
+    DeleteDynamicPartitionsRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
 
 from ml_assets.core.names import BATCH_PARTITIONS
 from ml_assets.defs.sensors import request_batches_sensor
@@ -32,9 +39,13 @@ def _tick(project: Project) -> SensorResult | SkipReason:
 
 
 def _apply(project: Project, result: SensorResult) -> list[Any]:
-    """What the daemon does with a tick: add the partitions, launch the runs (here in-process)."""
+    """What the daemon does with a tick: change the partitions, launch the runs (in-process)."""
     for request in result.dynamic_partitions_requests or []:
-        project.instance.add_dynamic_partitions(BATCH_PARTITIONS, list(request.partition_keys))
+        if isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                project.instance.delete_dynamic_partition(BATCH_PARTITIONS, key)
+        else:
+            project.instance.add_dynamic_partitions(BATCH_PARTITIONS, list(request.partition_keys))
     return [
         project.run("batch_job", request.partition_key, tags=request.tags)
         for request in result.run_requests or []
@@ -79,12 +90,26 @@ def test_batches_are_scored_like_the_held_out_requests(batches: Project) -> None
     np.testing.assert_allclose(answers[scores].to_numpy(), expected[scores].to_numpy(), atol=1e-6)
     assert list(answers["request_id"][:2]) == ["morning:0", "morning:1"]
 
-    # Nothing changed: the next tick asks for runs Dagster has already launched (same keys).
+    # Nothing changed: the next tick asks for nothing.
     again = _tick(batches)
-    assert isinstance(again, SensorResult)
-    assert {r.run_key for r in again.run_requests or []} == {
-        r.run_key for r in result.run_requests or []
-    }
+    assert isinstance(again, SensorResult) and not again.run_requests
+    assert "every batch (2) is answered by the current selection" in (
+        again.skip_reason.skip_message or ""
+    )
+    # A rewritten file is read and answered again.
+    write_parquet(requests.iloc[:10], batches.root / "requests" / "morning.parquet")
+    changed = _tick(batches)
+    assert isinstance(changed, SensorResult)
+    assert [r.partition_key for r in changed.run_requests or []] == ["morning.parquet"]
+    assert all(run.success for run in _apply(batches, changed))
+    assert len(_answer(batches, "morning.parquet")) == 10
+    # A removed file's batch goes.
+    (batches.root / "requests" / "evening.csv").unlink()
+    removed = _tick(batches)
+    assert isinstance(removed, SensorResult)
+    (request,) = removed.dynamic_partitions_requests or []
+    assert isinstance(request, DeleteDynamicPartitionsRequest)
+    assert list(request.partition_keys) == ["evening.csv"]
 
 
 def _held_out_after_workflow(project: Project) -> pd.DataFrame:

@@ -183,6 +183,7 @@ def test_every_asset_has_a_one_line_description(project: Project) -> None:
     specs = project.defs().resolve_all_asset_specs()
     keys = {spec.key.to_user_string() for spec in specs}
     assert {"raw_dataset", "ingested_dataset", "trained_model", *SERVING} <= keys
+    assert {"serving_requests", "batch_aggregated_predictions"} <= keys
     for spec in specs:
         description = spec.description or ""
         assert description.strip() and "\n" not in description.strip(), spec.key

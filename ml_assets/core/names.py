@@ -83,7 +83,7 @@ ATTEMPT_TAG: Final = "ml_assets/attempt_of"  # groups the runs that try one conf
 REASON_TAG: Final = "ml_assets/reason"
 LANDED_TAG: Final = "ml_assets/landed"  # the models whose landing launched a serving run
 LAUNCH_TAG: Final = "ml_assets/launch"  # finds the run of a local worker that died unreported
-SELECTION_TAG: Final = "ml_assets/selection"  # the selection a batch run scores with
+SELECTION_TAG: Final = "ml_assets/selection"  # the selection current when a batch run was asked
 
 
 def is_forced(run_tags: Mapping[str, str], step: str) -> bool:

@@ -47,6 +47,7 @@ from ml_assets.state.planning import (
     failed_since_selection,
     plan_training,
     serving_is_current,
+    stale_batches,
     training_attempt,
 )
 from ml_assets.state.records import last_ingestion, latest_record
@@ -238,8 +239,9 @@ def model_landed_sensor(
 def request_batches_sensor(
     context: SensorEvaluationContext, settings: SettingsResource
 ) -> SensorResult | SkipReason:
-    """A partition per file dropped in `serving.requests`, and a scoring run for each batch
-    whose file or the current selection changed since it was last scored.
+    """A partition per file in `serving.requests` (a removed file's partition is deleted), and a
+    scoring run for each batch whose file or the current selection changed since it was last
+    scored.
 
     The run key names the file's size, mtime and the selection, so Dagster launches each
     (batch, file content, selection) once: a new selection scores every batch again.
@@ -256,8 +258,12 @@ def request_batches_sensor(
         context.log.warning(str(error))
         return SkipReason(str(error))
     existing = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS))
-    new = sorted(set(files) - existing)
-    partitions = [AddDynamicPartitionsRequest(BATCH_PARTITIONS, new)] if new else []
+    new, gone = sorted(set(files) - existing), sorted(existing - set(files))
+    partitions: list[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] = []
+    if new:
+        partitions.append(AddDynamicPartitionsRequest(BATCH_PARTITIONS, new))
+    if gone:  # a removed file's batch goes, and the cache GC no longer keeps its answers
+        partitions.append(DeleteDynamicPartitionsRequest(BATCH_PARTITIONS, gone))
     selection = latest_record(context.instance, MODEL_SELECTION)
     if selection is None:
         return SensorResult(
@@ -265,10 +271,12 @@ def request_batches_sensor(
             skip_reason=f"{len(files)} batch file(s); waiting for the first model selection",
         )
     key = str(selection["selection_key"])
+    # Only batches whose answer is not from this selection and file (`ml-assets run` may have
+    # scored them already); the run key still names both, so Dagster launches each once.
     runs = []
-    for name, path in files.items():
+    for name in stale_batches(context.instance, cfg, settings.base_dir()):
         try:
-            stat = path.stat()
+            stat = files[name].stat()
         except FileNotFoundError:
             continue  # removed since the glob matched it
         runs.append(
@@ -281,5 +289,7 @@ def request_batches_sensor(
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=partitions,
-        skip_reason=None if runs else f"no batch file matches {cfg.serving.requests!r}",
+        skip_reason=None
+        if runs
+        else f"every batch ({len(files)}) is answered by the current selection",
     )

@@ -905,12 +905,7 @@ def batch_files(pattern: str, base_dir: Path) -> dict[str, Path]:
     return found
 
 
-def read_request_batch(
-    path: Path,
-    features: Sequence[str],
-    id_column: str | None,
-    label: str | list[str],
-) -> Dataset:
+def read_request_batch(path: Path, features: Sequence[str], id_column: str | None) -> Dataset:
     """A batch of serving requests: the model features of every record (labels, if any, are
     ignored). A missing feature column fails the batch, naming the columns."""
     where = f"request batch {path.name}"
@@ -918,8 +913,7 @@ def read_request_batch(
     if kind == "tfrecord":
         from ml_assets.ml.tfrecord import read_video_shards
 
-        label_feature = label if isinstance(label, str) else "labels"
-        records = read_video_shards([path], label=label_feature, id_column=id_column)
+        records = read_video_shards([path], label=None, id_column=id_column)
         frame = pd.DataFrame(records.X, columns=records.features, copy=False)
         ids = records.ids
     else:

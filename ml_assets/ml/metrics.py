@@ -33,7 +33,7 @@ def predicted_tags(scores: np.ndarray, task: Task, threshold: float) -> np.ndarr
 
 @dataclass(frozen=True)
 class Scores:
-    """The selection score (hit@1) and the F1 that fits the task."""
+    """hit@1 and the F1 that fits the task (every ranking metric: `all_metrics`)."""
 
     hit_at_1: float
     f1: float

@@ -41,7 +41,7 @@ import numpy.typing as npt
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from ml_assets.ml.datasets import DatasetError
+from ml_assets.ml.datasets import TFRECORD_SUFFIXES, DatasetError
 
 __all__ = [
     "TFRECORD_SUFFIXES",
@@ -52,7 +52,6 @@ __all__ = [
     "record_writer",
 ]
 
-TFRECORD_SUFFIXES: Final = frozenset({".tfrecord", ".tfrecords"})
 # Float features first in this order (YouTube-8M's), then any others by name.
 _FLOAT_ORDER: Final = ("mean_rgb", "mean_audio")
 _HEADER_BYTES: Final = 12  # uint64 length + masked CRC32C of the length
@@ -239,9 +238,9 @@ def count_records(path: Path) -> int:
     parsed) and checks that the frames end exactly at the end of the file, so a truncated or
     damaged shard raises DatasetError. The data's CRCs are checked by `read_video_shards`.
     """
+    tfrecords = _tfrecords()  # a DatasetError, not an ImportError, where it is missing
     from tfrecords.python.framework.errors import OpError
 
-    tfrecords = _tfrecords()
     path = Path(path)
     iterator = _iterator(tfrecords, path)
     try:
@@ -305,7 +304,7 @@ def _feature_list(feature_map: Any) -> str:
 class _Reader:
     """Parses records of one source into preallocated arrays."""
 
-    def __init__(self, total: int, label: str, id_column: str | None) -> None:
+    def __init__(self, total: int, label: str | None, id_column: str | None) -> None:
         self.total = total
         self.label = label
         self.id_column = id_column
@@ -354,11 +353,12 @@ class _Reader:
     def _check_required(self, where: str, data: bytes) -> None:
         """Raise when the label or id feature is missing or of the wrong kind."""
         feature_map = self._fresh(data)
-        if self.label not in feature_map:
-            raise self._missing(where, feature_map, self.label)
-        kind = _kind(feature_map[self.label])
-        if kind not in ("int64_list", None):  # an empty Feature is an empty list
-            raise self._wrong_kind(where, self.label, kind, "int64_list")
+        if self.label is not None:
+            if self.label not in feature_map:
+                raise self._missing(where, feature_map, self.label)
+            kind = _kind(feature_map[self.label])
+            if kind not in ("int64_list", None):  # an empty Feature is an empty list
+                raise self._wrong_kind(where, self.label, kind, "int64_list")
         if self.id_column is not None:
             if self.id_column not in feature_map:
                 raise self._missing(where, feature_map, self.id_column)
@@ -435,9 +435,9 @@ class _Reader:
                 raise self._float_error(f"{path}: record {record}", data, name, width)
             packed = values.SerializeToString()
             x[base + 4 * start : base + 4 * (start + width)] = memoryview(packed)[-4 * width :]
-        labels = feature_map[self.label].int64_list.value
+        labels = () if self.label is None else feature_map[self.label].int64_list.value
         count = len(labels)
-        if count == 0:
+        if count == 0 and self.label is not None:
             self._check_required(f"{path}: record {record}", data)
         start = self.end
         end = start + count
@@ -484,7 +484,9 @@ class _Reader:
         negative = np.flatnonzero(self.values[lo:hi] < 0)
         if len(negative):
             position = lo + int(negative[0])
-            row = int(np.searchsorted(self.offsets, position, side="right")) - 1
+            # Only the offsets of rows read so far are sorted (the rest are still 0).
+            read = self.offsets[first_row : self.row + 1]
+            row = first_row + int(np.searchsorted(read, position, side="right")) - 1
             raise DatasetError(
                 f"{path}: record {row - first_row}: feature {self.label!r} has label index "
                 f"{int(self.values[position])}; expected entity indices >= 0"
@@ -492,20 +494,21 @@ class _Reader:
 
 
 def read_video_shards(
-    paths: Sequence[Path], *, label: str = "labels", id_column: str | None = "id"
+    paths: Sequence[Path], *, label: str | None = "labels", id_column: str | None = "id"
 ) -> VideoRecords:
     """Read YouTube-8M video-level shards into one float32 block and CSR labels.
 
     The columns are the first record's float features (``mean_rgb``, ``mean_audio``, then any
     others by name), ``<feature>_<i>``; every record must have them with the same lengths, an
-    int64 ``label`` feature and, unless ``id_column`` is None, a one-value bytes ``id_column``
-    (UTF-8). Without ids a record's id is ``"<file stem>:<record number>"``. Empty shards are
-    fine; no record at all is a DatasetError, like any damaged or malformed record (the message
-    names the file and the 0-based record).
+    int64 ``label`` feature (unless ``label`` is None: request batches carry no labels) and,
+    unless ``id_column`` is None, a one-value bytes ``id_column`` (UTF-8). Without ids a
+    record's id is ``"<file stem>:<record number>"``. Empty shards are fine; no record at all
+    is a DatasetError, like any damaged or malformed record (the message names the file and
+    the 0-based record).
     """
+    tfrecords = _tfrecords()  # a DatasetError, not an ImportError, where it is missing
     from tfrecords.python.framework.errors import OpError
 
-    tfrecords = _tfrecords()
     paths = [Path(p) for p in paths]
     if not paths:
         raise DatasetError("no TFRecord shard to read")

@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ml_assets.core.config import CandidateConfig, Settings
-from ml_assets.core.keys import SELECTION_CODE_VERSION, file_sha256, model_memo_key
+from ml_assets.core.keys import SELECTION_CODE_VERSION, model_memo_key
 from ml_assets.core.names import (
     AGGREGATED_PREDICTIONS,
     ATTEMPT_TAG,
@@ -171,7 +171,8 @@ def serving_is_current(instance: DagsterInstance, settings: Settings, store: Art
 
 def stale_batches(instance: DagsterInstance, settings: Settings, base_dir: Path) -> list[str]:
     """The request batches (`serving.requests`) whose latest answer is not from the current
-    selection and the file as it is now; none before the first selection."""
+    selection and the file as it is now (its size and mtime); none before the first
+    selection. Shared by `request_batches_sensor` and `ml-assets run`."""
     if settings.serving.requests is None:
         return []
     selection = latest_record(instance, MODEL_SELECTION)
@@ -183,11 +184,17 @@ def stale_batches(instance: DagsterInstance, settings: Settings, base_dir: Path)
     stale = []
     for name, path in files.items():
         answer, stored = answers.get(name), requests.get(name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # removed since the glob matched it
         if (
             answer is None
             or stored is None
             or answer["selection_key"] != selection["selection_key"]
-            or stored["file_sha256"] != file_sha256(path)
+            or answer.get("requests_key") != stored["requests_key"]
+            or stored.get("file_size") != stat.st_size
+            or stored.get("file_mtime_ns") != str(stat.st_mtime_ns)
         ):
             stale.append(name)
     return stale

@@ -222,6 +222,21 @@ def test_negative_label_indices(tmp_path: Path) -> None:
     assert str(error.value) == (
         f"{second}: record 2: feature 'labels' has label index -2; expected entity indices >= 0"
     )
+    # In a shard before the last, while later rows are not read yet.
+    with pytest.raises(DatasetError) as error:
+        read_video_shards([second, first])
+    assert str(error.value).startswith(f"{second}: record 2: feature 'labels' has label index -2")
+
+
+def test_request_batches_need_no_label_feature(tmp_path: Path) -> None:
+    unlabeled = [{k: v for k, v in _video(i).items() if k != "labels"} for i in range(3)]
+    path = _write(tmp_path / "requests.tfrecord", unlabeled)
+    records = read_video_shards([path], label=None)
+    assert list(records.ids) == ["v0", "v1", "v2"]
+    assert records.label_values.size == 0 and list(records.label_offsets) == [0, 0, 0, 0]
+    np.testing.assert_array_equal(records.X[1, :6], _video(1)["mean_rgb"])
+    with pytest.raises(DatasetError, match="record 0 lacks feature 'labels'"):
+        read_video_shards([path])
 
 
 def test_id_and_extra_float_features(tmp_path: Path) -> None:
@@ -266,6 +281,17 @@ def test_elsewhere_than_linux_a_tfrecord_source_is_a_dataset_error(
     monkeypatch.setattr(sys, "platform", "darwin")
     for call in (lambda: read_video_shards([SHARD0]), lambda: count_records(SHARD0)):
         with pytest.raises(DatasetError, match=r"need the `tfrecords` package.*available on Linux"):
+            call()
+
+
+def test_without_the_tfrecords_package_a_tfrecord_source_is_a_dataset_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m == "tfrecords" or m.startswith("tfrecords.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tfrecords", None)  # `import tfrecords` raises ImportError
+    for call in (lambda: read_video_shards([SHARD0]), lambda: count_records(SHARD0)):
+        with pytest.raises(DatasetError, match=r"pip install 'tfrecords>=0.3.1'"):
             call()
 
 

@@ -26,7 +26,6 @@ from ml_assets.core.keys import SERVING_CODE_VERSION, file_sha256, memo_key
 from ml_assets.core.names import (
     BATCH_AGGREGATED_PREDICTIONS,
     BATCHES_GROUP,
-    INGESTED_DATASET,
     MODEL_SELECTION,
     SERVING_POOL,
     SERVING_REQUESTS,
@@ -93,11 +92,11 @@ def _requests(artifact: Artifact) -> Dataset:
     return Dataset.from_frame(frame, "multilabel", [])
 
 
-@asset(key=SERVING_REQUESTS, deps=[INGESTED_DATASET], **_BATCH_STEP)
+@asset(key=SERVING_REQUESTS, deps=[MODEL_SELECTION], **_BATCH_STEP)
 def serving_requests(
     context: AssetExecutionContext, settings: SettingsResource, store: ArtifactStoreResource
 ) -> MaterializeResult:
-    """One request batch file, checked against the features the models were trained on."""
+    """One request batch file, checked against the features the selected models know."""
     cfg = settings.load()
     artifacts = store.get()
     batch = context.partition_key
@@ -110,30 +109,44 @@ def serving_requests(
                 f"request batch {batch!r}: no such file matches serving.requests "
                 f"{cfg.serving.requests!r} any more"
             )
-        _, data = _recorded(context, INGESTED_DATASET, artifacts, "ingest first")
-        info = dataset_info(data)
-        requests = read_request_batch(path, info.features, cfg.dataset.id, cfg.dataset.label)
+        selection = _selection(context, artifacts)
+        data = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
+        stat = path.stat()
+        requests = read_request_batch(path, dataset_info(data).features, cfg.dataset.id)
         digest = file_sha256(path)
     except DatasetError as error:
         raise user_failure(error) from error
+    except OSError as error:  # removed or unreadable since the glob matched it
+        raise user_failure(
+            DatasetError(f"request batch {batch!r}: cannot read {path}: {error.strerror}")
+        ) from error
     key = memo_key(digest, data.key, SERVING_CODE_VERSION)
     cached, _ = artifacts.find("requests", key)
+    if cached is not None:
+        artifacts.touch("requests", key)
+        reason = f"memo hit: this file's records are stored already ({key})"
+    else:
+        reason = "read: a new or changed file"
     artifact = cached or artifacts.put(
         "requests",
         key,
         lambda directory: write_part(requests, np.arange(len(requests)), directory / REQUESTS_FILE),
     )
-    context.log.info(f"request batch {batch}: {len(requests)} records from {path}")
+    context.log.info(f"request batch {batch}: {len(requests)} records from {path} ({reason})")
     return MaterializeResult(
         data_version=DataVersion(key),
         metadata={
             "file": MetadataValue.path(str(path)),
             "file_sha256": digest,
+            # What `state/planning.py::stale_batches` compares: a changed file is read again.
+            "file_size": stat.st_size,
+            "file_mtime_ns": str(stat.st_mtime_ns),
             "rows": len(requests),
             "dataset_key": data.key,
             "requests_key": key,
             "digest": artifact.digest,
             "memoized": cached is not None,
+            "reason": reason,
         },
     )
 
@@ -166,7 +179,13 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
         if rank > len(selected):
             return MaterializeResult(
                 data_version=DataVersion(f"none-{selection['version']}"),
-                metadata={"selection_key": selection["key"], "candidate": "none", "rows": 0},
+                metadata={
+                    "selection_key": selection["key"],
+                    "candidate": "none",
+                    "rows": 0,
+                    "memoized": False,
+                    "reason": f"the selection has {len(selected)} model(s): rank {rank} is idle",
+                },
             )
         entry = selected[rank - 1]
         _, requests_artifact = _recorded(
@@ -174,6 +193,7 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
         )
         key = memo_key(entry["model_key"], requests_artifact.key, SERVING_CODE_VERSION)
         cached, _ = artifacts.find("predictions", key)
+        memoized = cached is not None
         if cached is None:
             try:
                 model = read_model(artifacts, entry["model_key"], entry["model_digest"])
@@ -182,10 +202,17 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
                     f"candidate {entry['name']!r}: {error}", allow_retries=False
                 ) from error
             requests = _requests(requests_artifact)
-            scores = model.predict_scores(requests.X)
+            try:
+                scores = model.predict_scores(requests.X)
+            except ValueError as error:  # records without the model's features
+                raise user_failure(
+                    DatasetError(f"request batch {batch!r}, candidate {entry['name']!r}: {error}")
+                ) from error
             cached = write_frame(
                 artifacts, "predictions", key, scores_frame(requests.ids, model.entities, scores)
             )
+        else:
+            artifacts.touch("predictions", key)
         context.log.info(f"batch {batch}: rank {rank} scored by {entry['name']}")
         return MaterializeResult(
             data_version=DataVersion(key),
@@ -193,8 +220,13 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
                 "selection_key": selection["key"],
                 "candidate": entry["name"],
                 "model_key": entry["model_key"],
+                "requests_key": requests_artifact.key,
                 "predictions_key": key,
                 "digest": cached.digest,
+                "memoized": memoized,
+                "reason": "memo hit: this model scored these records already"
+                if memoized
+                else "scored the batch",
             },
         )
 
@@ -228,6 +260,9 @@ def build_batch_aggregation_asset(ranks: int) -> AssetsDefinition:
         data = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
         entities = dataset_info(data).entities
         task = read_dataset_part(data, "validation", columns=[]).task
+        stored, _ = _recorded(
+            context, SERVING_REQUESTS, artifacts, "materialize serving_requests first", batch
+        )
         frames, read = [], []
         for rank, _entry in enumerate(selected, start=1):
             record, artifact = _recorded(
@@ -239,6 +274,13 @@ def build_batch_aggregation_asset(ranks: int) -> AssetsDefinition:
                     f"{record['selection_key']}, not the current {selection['key']}; re-run it",
                     allow_retries=False,
                 )
+            if record.get("requests_key") != stored["requests_key"]:
+                # Another run of this batch read the file as it was before (or after): never
+                # merge answers to different records.
+                raise Failure(
+                    f"batch_predictions_rank_{rank}[{batch}] scored other records than the "
+                    f"current serving_requests[{batch}] ({stored['requests_key']}); re-run it"
+                )
             frames.append(artifact_frame(artifact))
             read.append(str(record["predictions_key"]))
         ids = frames[0]["request_id"].to_numpy()
@@ -249,6 +291,8 @@ def build_batch_aggregation_asset(ranks: int) -> AssetsDefinition:
         # and the threshold: an intact artifact under it holds these very answers.
         key = memo_key(selection["version"], read, cfg.serving.tag_threshold, SERVING_CODE_VERSION)
         cached, _ = artifacts.find("aggregated", key)
+        if cached is not None:
+            artifacts.touch("aggregated", key)
         artifact = cached or write_frame(artifacts, "aggregated", key, output)
         preview = output[["request_id", "top_entity", "tags"]].head(_PREVIEW_ROWS)
         context.log.info(
@@ -261,12 +305,17 @@ def build_batch_aggregation_asset(ranks: int) -> AssetsDefinition:
                 "models": [e["name"] for e in selected],
                 "weights": [round(w, 4) for w in weights],
                 "rows": len(output),
+                "requests_key": stored["requests_key"],
                 "aggregated_key": key,
                 "digest": artifact.digest,
                 "path": MetadataValue.path(str(artifact.file(PREDICTIONS_FILE))),
                 "preview": MetadataValue.md(
                     preview.assign(tags=preview["tags"].map(", ".join)).to_markdown(index=False)
                 ),
+                "memoized": cached is not None,
+                "reason": "memo hit: these models answered these records already"
+                if cached is not None
+                else f"merged the scores of {len(selected)} selected model(s)",
             },
         )
 

@@ -50,8 +50,8 @@ class Choice:
     why: dict[str, str]
     reason: str
     strategy_used: str
-    score: float  # the chosen ensemble's validation score (NaN when not computed)
-    top_k_score: float
+    score: float | None  # the chosen ensemble's validation score (None: not computed)
+    top_k_score: float | None
 
 
 def _choose(
@@ -71,8 +71,8 @@ def _choose(
             why={e.name: f"rank {i} by {metric}" for i, e in enumerate(top, start=1)},
             reason=f"top {k} by {metric}",
             strategy_used="top_k",
-            score=float("nan"),
-            top_k_score=float("nan"),
+            score=None,
+            top_k_score=None,
         )
     try:
         artifact = store.verify("datasets", dataset["dataset_key"], dataset["digest"])
@@ -82,16 +82,21 @@ def _choose(
             for e in qualified
         }
     except (ArtifactError, OSError, ValueError) as error:
-        raise Failure(f"ensemble selection cannot read the validation scores: {error}") from error
-    choice = select_ensemble(
-        scores,
-        truth,
-        METRICS[metric],
-        k=k,
-        eligible=[e.name for e in qualified],
-        weighted=selection.weighted,
-        metric_name=metric,
-    )
+        raise Failure(
+            f"ensemble selection cannot read the validation scores: {error}", allow_retries=False
+        ) from error
+    try:
+        choice = select_ensemble(
+            scores,
+            truth,
+            METRICS[metric],
+            k=k,
+            eligible=[e.name for e in qualified],
+            weighted=selection.weighted,
+            metric_name=metric,
+        )
+    except ValueError as error:  # scores of another shape than the validation split, NaN
+        raise Failure(f"ensemble selection: {error}", allow_retries=False) from error
     if choice.picks:
         why = {p.name: p.reason for p in choice.picks}
     else:
@@ -158,7 +163,12 @@ def model_selection(
     # The version covers what is served; the artifact key also covers the leaderboard it saw.
     served = [(e.name, e.model_key, w) for e, w in zip(selected, choice.weights, strict=True)]
     version = memo_key(dataset_key, served)
-    key = memo_key(version, cfg.selection, [(e.name, e.status, e.model_key) for e in entries])
+    key = memo_key(
+        version,
+        cfg.selection,
+        SELECTION_CODE_VERSION,
+        [(e.name, e.status, e.model_key) for e in entries],
+    )
     body = {
         "key": key,
         "version": version,
@@ -208,8 +218,14 @@ def model_selection(
             "strategy": cfg.selection.strategy,
             "strategy_used": choice.strategy_used,
             "why": choice.reason,
-            "validation_ensemble_score": round(choice.score, 4),
-            "validation_top_k_score": round(choice.top_k_score, 4),
+            **(
+                {}
+                if choice.score is None or choice.top_k_score is None
+                else {
+                    "validation_ensemble_score": round(choice.score, 4),
+                    "validation_top_k_score": round(choice.top_k_score, 4),
+                }
+            ),
             "dataset_key": dataset_key,
             "top_score": round(selected[0].score or 0.0, 4),
             "leaderboard": MetadataValue.md(
