@@ -31,6 +31,7 @@ from ml_assets.core.names import (
     SERVING_REQUESTS,
     batch_prediction_key,
 )
+from ml_assets.defs.assets.serving import idle_rank, selected_model
 from ml_assets.defs.failures import user_failure
 from ml_assets.defs.resources import ArtifactStoreResource, SettingsResource
 from ml_assets.ml.aggregate import aggregate, score_matrix, scores_frame
@@ -50,7 +51,6 @@ from ml_assets.storage.artifacts import (
     artifact_json,
     dataset_info,
     read_dataset_part,
-    read_model,
     write_frame,
 )
 from ml_assets.storage.store import Artifact, ArtifactError, ArtifactStore
@@ -177,16 +177,7 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
         selection = _selection(context, artifacts)
         selected = selection["selected"]
         if rank > len(selected):
-            return MaterializeResult(
-                data_version=DataVersion(f"none-{selection['version']}"),
-                metadata={
-                    "selection_key": selection["key"],
-                    "candidate": "none",
-                    "rows": 0,
-                    "memoized": False,
-                    "reason": f"the selection has {len(selected)} model(s): rank {rank} is idle",
-                },
-            )
+            return idle_rank(context, selection, rank)
         entry = selected[rank - 1]
         _, requests_artifact = _recorded(
             context, SERVING_REQUESTS, artifacts, "materialize serving_requests first", batch
@@ -195,12 +186,7 @@ def build_batch_prediction_asset(rank: int) -> AssetsDefinition:
         cached, _ = artifacts.find("predictions", key)
         memoized = cached is not None
         if cached is None:
-            try:
-                model = read_model(artifacts, entry["model_key"], entry["model_digest"])
-            except ArtifactError as error:
-                raise Failure(
-                    f"candidate {entry['name']!r}: {error}", allow_retries=False
-                ) from error
+            model = selected_model(artifacts, entry)
             requests = _requests(requests_artifact)
             try:
                 scores = model.predict_scores(requests.X)

@@ -34,6 +34,7 @@ from ml_assets.ml.metrics import (
     metric_label,
     predicted_tags,
 )
+from ml_assets.ml.models import TrainedModel
 from ml_assets.storage.artifacts import (
     PREDICTIONS_FILE,
     SELECTION_FILE,
@@ -43,7 +44,7 @@ from ml_assets.storage.artifacts import (
     read_model,
     write_frame,
 )
-from ml_assets.storage.store import ArtifactError
+from ml_assets.storage.store import ArtifactError, ArtifactStore
 
 # What every serving step shares: its group, code version, output kind and pool.
 _SERVING_STEP: Final[dict[str, Any]] = {
@@ -60,6 +61,32 @@ def _selection(upstream: Upstream) -> dict[str, Any]:
         upstream.artifact("run model_selection first"), SELECTION_FILE
     )
     return selection
+
+
+def idle_rank(
+    context: AssetExecutionContext, selection: dict[str, Any], rank: int
+) -> MaterializeResult:
+    """A serving step whose rank the selection does not fill (fewer models than ranks)."""
+    reason = f"the selection has {len(selection['selected'])} model(s); rank {rank} serves none"
+    context.log.info(reason)
+    return MaterializeResult(
+        data_version=DataVersion(f"none-{selection['version']}"),
+        metadata={
+            "selection_key": selection["key"],
+            "candidate": "none",
+            "rows": 0,
+            "memoized": False,
+            "reason": reason,
+        },
+    )
+
+
+def selected_model(store: ArtifactStore, entry: dict[str, Any]) -> TrainedModel:
+    """A selected model, loaded only once its files match the digest the selection recorded."""
+    try:
+        return read_model(store, entry["model_key"], entry["model_digest"])
+    except ArtifactError as error:
+        raise Failure(f"candidate {entry['name']!r}: {error}", allow_retries=False) from error
 
 
 def build_prediction_asset(rank: int) -> AssetsDefinition:
@@ -84,18 +111,7 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
         selection = _selection(selection_input)
         selected = selection["selected"]
         if rank > len(selected):
-            reason = f"the selection has {len(selected)} model(s); rank {rank} serves none"
-            context.log.info(reason)
-            return MaterializeResult(
-                data_version=DataVersion(f"none-{selection['version']}"),
-                metadata={
-                    "selection_key": selection["key"],
-                    "candidate": "none",
-                    "rows": 0,
-                    "memoized": False,
-                    "reason": reason,
-                },
-            )
+            return idle_rank(context, selection, rank)
         entry = selected[rank - 1]
         key = memo_key(entry["model_key"], selection["dataset_key"], SERVING_CODE_VERSION)
         cached, miss = artifacts.find("predictions", key)
@@ -107,12 +123,7 @@ def build_prediction_asset(rank: int) -> AssetsDefinition:
                 if artifacts.path("predictions", key).exists()
                 else "computed: no cached predictions of this model on this dataset"
             )
-            try:
-                model = read_model(artifacts, entry["model_key"], entry["model_digest"])
-            except ArtifactError as error:
-                raise Failure(
-                    f"candidate {entry['name']!r}: {error}", allow_retries=False
-                ) from error
+            model = selected_model(artifacts, entry)
             dataset = artifacts.verify(
                 "datasets", selection["dataset_key"], selection["dataset_digest"]
             )
