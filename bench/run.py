@@ -63,7 +63,7 @@ def summary_table(results: Sequence[Result]) -> str:
 def _sizes_section(ctx: Context, keys: Sequence[str]) -> list[str]:
     s = ctx.sizes
     lines = [
-        f"- Videos (a–d, g, h): {s.videos:,} × ({s.rgb_dims:,} rgb + {s.audio_dims} audio) "
+        f"- Videos (a–d, g, h, j): {s.videos:,} × ({s.rgb_dims:,} rgb + {s.audio_dims} audio) "
         f"float32, {s.entities} entities, YouTube-8M-shaped (`ml_assets.ml.synthetic`, "
         f"seed 0); selection top 2 at hit@1 ≥ {s.min_score}; candidates: "
         + ", ".join(
@@ -71,7 +71,7 @@ def _sizes_section(ctx: Context, keys: Sequence[str]) -> list[str]:
             for c in VIDEO_CANDIDATES
         )
         + ". `training.threads_per_model` 1.",
-        "- Digits (h): scikit-learn's 1,797 images; candidates "
+        "- Digits (h, j): scikit-learn's 1,797 images; candidates "
         + ", ".join(f"`{c['name']}`" for c in DIGITS_CANDIDATES)
         + "; bar 0.90.",
         f"- Scaling (e): {', '.join(map(str, s.scaling))} candidates (Gaussian naive Bayes and "
@@ -86,7 +86,7 @@ def _sizes_section(ctx: Context, keys: Sequence[str]) -> list[str]:
         f"{s.ingest_tfrecord_rows:,} YouTube-8M-shaped records × (1,024 rgb + 128 audio) "
         f"float32 in {TFRECORD_SHARDS} shards.",
     ]
-    if any(k in keys for k in "abcdgh"):
+    if any(k in keys for k in "abcdghj"):
         path = video_source(ctx)
         lines[0] += f" Source: {path.stat().st_size / 2**20:,.0f} MB Parquet."
     return lines

@@ -1,4 +1,4 @@
-"""The benchmarks a–i, one module each, and `BENCHMARKS`: the registry, in key order.
+"""The benchmarks a–j, one module each, and `BENCHMARKS`: the registry, in key order.
 
 Each benchmark is a function of a `Context` that returns a `Result`: one figure, its goal,
 and Markdown details. `python -m bench.run` runs the ones chosen by key or name.
@@ -17,6 +17,7 @@ from bench.benchmarks.f_ingestion import bench_ingestion
 from bench.benchmarks.g_serving import bench_serving
 from bench.benchmarks.h_quality import bench_quality
 from bench.benchmarks.i_workers import bench_workers
+from bench.benchmarks.j_serving_http import bench_serving_http
 from bench.result import Benchmark, Result
 
 __all__ = ["BENCHMARKS", "Benchmark", "Result"]
@@ -45,5 +46,10 @@ BENCHMARKS: Final[dict[str, Benchmark]] = {
         "workers",
         "Past one machine: Celery workers and Postgres vs the default",
         bench_workers,
+    ),
+    "j": Benchmark(
+        "serving_http",
+        "HTTP serving: `ml-assets serve` latency and throughput vs in-process",
+        bench_serving_http,
     ),
 }
