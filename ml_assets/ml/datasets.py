@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,9 +94,14 @@ class Dataset:
 # --- reading -------------------------------------------------------------------------------
 
 
+def _under(base_dir: Path, relative: str) -> str:
+    """`relative` from the config's folder, `..` folded, so messages name the file plainly."""
+    return os.path.normpath(base_dir / relative)
+
+
 def resolve_source_files(source: str, base_dir: Path) -> list[Path]:
     """The files a `dataset.source` path or glob names, sorted; errors name the source."""
-    pattern = source if Path(source).is_absolute() else str(base_dir / source)
+    pattern = source if Path(source).is_absolute() else _under(base_dir, source)
     if glob.has_magic(pattern):
         files = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         if not files:
@@ -184,7 +190,7 @@ def resolve_vocabulary(vocabulary: str | None, base_dir: Path) -> Path | None:
     """The `dataset.vocabulary` file, relative paths from the config's folder."""
     if vocabulary is None:
         return None
-    path = Path(vocabulary) if Path(vocabulary).is_absolute() else base_dir / vocabulary
+    path = Path(vocabulary if Path(vocabulary).is_absolute() else _under(base_dir, vocabulary))
     if not path.is_file():
         raise DatasetError(f"dataset.vocabulary {vocabulary!r}: file not found ({path})")
     return path
@@ -888,7 +894,7 @@ def batch_files(pattern: str, base_dir: Path) -> dict[str, Path]:
     No match is no batch (the folder may be empty until a user drops a file in); two files of
     one name in different folders are an error naming both.
     """
-    full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+    full = pattern if Path(pattern).is_absolute() else _under(base_dir, pattern)
     found: dict[str, Path] = {}
     for name in sorted(glob.glob(full, recursive=True)):
         path = Path(name)

@@ -145,3 +145,10 @@ def test_a_vocabulary_needs_index_labels(tmp_path: Path) -> None:
     write_parquet(frame, tmp_path / "t.parquet")
     with pytest.raises(DatasetError, match="the labels are names already"):
         load_dataset("t.parquet", tmp_path, "tags", None, "v.csv")
+
+
+def test_paths_up_from_the_config_folder_are_named_plainly(tmp_path: Path) -> None:
+    (tmp_path / "examples").mkdir()
+    with pytest.raises(DatasetError) as error:
+        load_dataset("../data/nope.parquet", tmp_path / "examples", "label", None)
+    assert f"file not found ({tmp_path}/data/nope.parquet)" in str(error.value)
