@@ -108,17 +108,24 @@ def instance() -> Iterator[DagsterInstance]:
         yield test_instance
 
 
-@pytest.fixture
-def project(tmp_path: Path, instance: DagsterInstance) -> Project:
+def new_project(
+    root: Path, instance: DagsterInstance, candidates: list[dict[str, Any]] | None = None
+) -> Project:
+    """A project on digits with `candidates` (default: FAST_CANDIDATES), its config written."""
     project = Project(
-        root=tmp_path,
+        root=root,
         instance=instance,
         config={
             "dataset": {"source": "sklearn_digits"},
             # In-process training would otherwise renice the test process for good.
             "training": {"niceness": 0},
-            "candidates": list(FAST_CANDIDATES),
+            "candidates": list(FAST_CANDIDATES if candidates is None else candidates),
         },
     )
     project.write_config()
     return project
+
+
+@pytest.fixture
+def project(tmp_path: Path, instance: DagsterInstance) -> Project:
+    return new_project(tmp_path, instance)

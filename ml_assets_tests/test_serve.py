@@ -37,7 +37,7 @@ from ml_assets.serve.limits import MAX_BODY_BYTES, MAX_INSTANCES
 from ml_assets.state.records import latest_record
 from ml_assets.storage.artifacts import SELECTION_FILE, read_dataset_part, read_json
 from ml_assets.storage.store import MANIFEST
-from ml_assets_tests.conftest import FAST_CANDIDATES, Project
+from ml_assets_tests.conftest import FAST_CANDIDATES, Project, new_project
 
 # Two quick candidates that both clear the bar on digits: the default top_k=2 serves both.
 CANDIDATES = [c for c in FAST_CANDIDATES if c["name"] in ("logistic_regression", "knn")]
@@ -118,17 +118,7 @@ def serving(project: Project, poll_seconds: float = 0.05) -> Iterator[Served]:
 
 
 def _project(root: Path, instance: Any) -> Project:
-    project = Project(
-        root=root,
-        instance=instance,
-        config={
-            "dataset": {"source": "sklearn_digits"},
-            "training": {"niceness": 0},
-            "candidates": list(CANDIDATES),
-        },
-    )
-    project.write_config()
-    return project
+    return new_project(root, instance, CANDIDATES)
 
 
 def _selection(project: Project) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ml_assets.cli.args import POSITIVE_INT, at_least
 from ml_assets.cli.local import prepare_home, quiet_library_warnings
 from ml_assets.cli.run import apply_pool_limits, cmd_run
 from ml_assets.cli.serve import add_serve_parser
@@ -146,34 +147,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _AtLeast:
-    """An argparse type for `generate`: a whole number >= `minimum`."""
-
-    def __init__(self, minimum: int) -> None:
-        self.minimum = minimum
-
-    def __call__(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = self.minimum - 1
-        if value < self.minimum:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number >= {self.minimum}, got {text!r}"
-            )
-        return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ml-assets", description=__doc__)
     parser.add_argument(
@@ -182,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help=cmd_run.__doc__)
     run.add_argument(
-        "--max-concurrent", type=_positive_int, default=None, help="training runs at once"
+        "--max-concurrent", type=POSITIVE_INT, default=None, help="training runs at once"
     )
     run.add_argument(
         "--mode",
@@ -222,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="parquet (default): one file; tfrecord: YouTube-8M video-level shards",
     )
     generate.add_argument(
-        "--shards", type=_AtLeast(1), default=None, help="tfrecord: how many shards (default 4)"
+        "--shards", type=at_least(1), default=None, help="tfrecord: how many shards (default 4)"
     )
-    generate.add_argument("--rows", type=_AtLeast(1), default=20_000)
-    generate.add_argument("--entities", type=_AtLeast(2), default=20)
-    generate.add_argument("--seed", type=_AtLeast(0), default=0)
-    generate.add_argument("--rgb-dims", type=_AtLeast(1), default=1024)
-    generate.add_argument("--audio-dims", type=_AtLeast(1), default=128)
+    generate.add_argument("--rows", type=at_least(1), default=20_000)
+    generate.add_argument("--entities", type=at_least(2), default=20)
+    generate.add_argument("--seed", type=at_least(0), default=0)
+    generate.add_argument("--rgb-dims", type=at_least(1), default=1024)
+    generate.add_argument("--audio-dims", type=at_least(1), default=128)
     generate.set_defaults(func=cmd_generate, generate_parser=generate)
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--host", default="127.0.0.1", help="the UI's address (no authentication)")
@@ -236,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
     home = sub.add_parser("home", help=cmd_home.__doc__)
     home.set_defaults(func=cmd_home)
-    add_worker_parser(sub, _positive_int)
+    add_worker_parser(sub)
     add_serve_parser(sub)
     return parser
 

@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 
+from ml_assets.cli.args import PORT, Bounded
 from ml_assets.errors import UserError
 from ml_assets.serve.limits import DEFAULT_POLL_SECONDS, MAX_BODY_BYTES, MAX_INSTANCES
 
@@ -76,24 +77,7 @@ def _log_to_terminal() -> None:
     logger.propagate = False
 
 
-def _poll_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds from 0.05 to 3600, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return value
+_POLL_SECONDS = Bounded(float, 0.05, 3600.0, "seconds from 0.05 to 3600")
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -101,10 +85,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--host", default="127.0.0.1", help="the address to listen on (no authentication)"
     )
-    serve.add_argument("--port", type=_port, default=8080)
+    serve.add_argument("--port", type=PORT, default=8080)
     serve.add_argument(
         "--poll-seconds",
-        type=_poll_seconds,
+        type=_POLL_SECONDS,
         default=DEFAULT_POLL_SECONDS,
         help="how often to look for a newer model selection",
     )

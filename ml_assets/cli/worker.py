@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ml_assets.cli.args import POSITIVE_INT
 from ml_assets.core.names import QUEUES
 from ml_assets.core.workers import queue_name
 
@@ -73,13 +74,13 @@ def _quiet_task_results(**_: object) -> None:
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
-def add_worker_parser(sub: argparse._SubParsersAction, positive_int: object) -> None:
+def add_worker_parser(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help=cmd_worker.__doc__)
     worker.add_argument(
         "--queue", choices=QUEUES, default=None, help="the one queue to consume (default: both)"
     )
     worker.add_argument(
-        "--concurrency", type=positive_int, default=1, help="steps executed at once (processes)"
+        "--concurrency", type=POSITIVE_INT, default=1, help="steps executed at once (processes)"
     )
     worker.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     worker.set_defaults(func=cmd_worker)

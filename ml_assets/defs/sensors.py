@@ -274,7 +274,7 @@ def request_batches_sensor(
     # Only batches whose answer is not from this selection and file (`ml-assets run` may have
     # scored them already); the run key still names both, so Dagster launches each once.
     runs = []
-    for name in stale_batches(context.instance, cfg, settings.base_dir()):
+    for name in stale_batches(context.instance, cfg, settings.base_dir(), files):
         try:
             stat = files[name].stat()
         except FileNotFoundError:

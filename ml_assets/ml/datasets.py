@@ -176,12 +176,7 @@ def read_source(source: str, base_dir: Path) -> pd.DataFrame:
         columns = [str(c) for c in frame.columns]
         if first_columns is None:
             first_columns = columns
-        elif set(columns) != set(first_columns):
-            extra = sorted(set(columns) - set(first_columns))
-            lacking = sorted(set(first_columns) - set(columns))
-            raise DatasetError(
-                f"{path}: columns differ from the first file's (extra {extra}, missing {lacking})"
-            )
+        _check_same_columns(path, columns, first_columns)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
@@ -280,32 +275,9 @@ def _load_parquet(
     schema = files[0].schema_arrow
     columns = [str(c) for c in schema.names]
     for path, handle in zip(paths[1:], files[1:], strict=True):
-        other = [str(c) for c in handle.schema_arrow.names]
-        if set(other) != set(columns):
-            extra = sorted(set(other) - set(columns))
-            lacking = sorted(set(columns) - set(other))
-            raise DatasetError(
-                f"{path}: columns differ from the first file's (extra {extra}, missing {lacking})"
-            )
-    label_columns = [label] if isinstance(label, str) else list(label)
-    for name in label_columns:
-        if name not in columns:
-            raise DatasetError(
-                f"{source}: label column {name!r} (dataset.label) is absent; "
-                f"columns are {_preview(columns)}"
-            )
-    if id_column is not None and id_column not in columns:
-        raise DatasetError(f"{source}: id column {id_column!r} (dataset.id) is absent")
-    excluded = set(label_columns) | ({id_column} if id_column else set())
-    features = [c for c in columns if c not in excluded]
-    if not features:
-        raise DatasetError(f"{source}: no feature columns besides the label and id columns")
-    non_numeric = [c for c in features if not _is_numeric(schema.field(c).type)]
-    if non_numeric:
-        raise DatasetError(
-            f"{source}: non-numeric feature column(s) {_preview(non_numeric)}; "
-            "encode them as numbers upstream or drop them (ml_assets does not one-hot encode)"
-        )
+        _check_same_columns(path, [str(c) for c in handle.schema_arrow.names], columns)
+    label_columns, features = _roles(columns, label, id_column, source)
+    _check_features(features, [_is_numeric(schema.field(c).type) for c in features], source)
     total = sum(handle.metadata.num_rows for handle in files)
     if total == 0:
         raise DatasetError(f"{source}: the dataset has no records")
@@ -500,30 +472,13 @@ def labels_from_csr(
 ) -> tuple[list[str], np.ndarray]:
     """Entities and the 0/1 matrix of per-record tag lists given as CSR (`values` of record r
     are `values[offsets[r]:offsets[r + 1]]`): entity indices, or names."""
-    n = len(offsets) - 1
     indices = _as_indices(values, where)
-    if indices is not None:
-        uniques, inverse = np.unique(indices, return_inverse=True)
-        entities = _index_names(uniques, vocabulary, where)
-    else:
-        if vocabulary is not None:
-            raise DatasetError(
-                f"{where}: dataset.vocabulary maps label indices to names, but the labels are "
-                "names already; leave dataset.vocabulary out"
-            )
+    if indices is None:  # names: encode them, then as names given as codes
         names = np.asarray([_entity_name(v) for v in values], dtype=object)
-        uniques, inverse = np.unique(names, return_inverse=True)
-        order = sorted(range(len(uniques)), key=lambda i: _natural_key(str(uniques[i])))
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order))
-        inverse = rank[inverse]
-        entities = [str(uniques[i]) for i in order]
-    if not entities:
-        raise DatasetError(f"{where}: no record has any tag")
-    y = np.zeros((n, len(entities)), dtype=np.uint8)
-    rows = np.repeat(np.arange(n), np.diff(offsets))
-    y[rows, inverse.reshape(-1)] = 1
-    return entities, y
+        uniques, codes = np.unique(names, return_inverse=True)
+        return labels_from_codes(offsets, codes, [str(u) for u in uniques], vocabulary, where)
+    uniques, inverse = np.unique(indices, return_inverse=True)
+    return _tag_matrix(offsets, inverse, _index_names(uniques, vocabulary, where), where)
 
 
 def labels_from_codes(
@@ -542,12 +497,18 @@ def labels_from_codes(
     order = sorted(range(len(names)), key=lambda i: _natural_key(names[i]))
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    entities = [names[i] for i in order]
+    return _tag_matrix(offsets, rank[codes], [names[i] for i in order], where)
+
+
+def _tag_matrix(
+    offsets: np.ndarray, columns: np.ndarray, entities: list[str], where: str
+) -> tuple[list[str], np.ndarray]:
+    """The 0/1 matrix with a 1 at (record, column) for every tag (CSR `offsets`)."""
     if not entities:
         raise DatasetError(f"{where}: no record has any tag")
     n = len(offsets) - 1
     y = np.zeros((n, len(entities)), dtype=np.uint8)
-    y[np.repeat(np.arange(n), np.diff(offsets)), rank[codes]] = 1
+    y[np.repeat(np.arange(n), np.diff(offsets)), columns.reshape(-1)] = 1
     return entities, y
 
 
@@ -686,15 +647,7 @@ def clean(
     if len(frame) == 0:
         raise DatasetError(f"{source}: the dataset has no records")
     frame.columns = [str(c) for c in frame.columns]
-    label_columns = [label] if isinstance(label, str) else list(label)
-    for name in label_columns:
-        if name not in frame.columns:
-            raise DatasetError(
-                f"{source}: label column {name!r} (dataset.label) is absent; "
-                f"columns are {_preview(list(frame.columns))}"
-            )
-    if id_column is not None and id_column not in frame.columns:
-        raise DatasetError(f"{source}: id column {id_column!r} (dataset.id) is absent")
+    label_columns, feature_columns = _roles(list(frame.columns), label, id_column, source)
 
     unlabeled = frame[label_columns].isna().any(axis=1)
     dropped = {"unlabeled": int(unlabeled.sum())}
@@ -709,9 +662,7 @@ def clean(
     else:
         ids = frame[id_column].astype(str).to_numpy(dtype=object)
 
-    excluded = set(label_columns) | ({id_column} if id_column else set())
-    feature_columns = [c for c in frame.columns if c not in excluded]
-    _check_features(feature_columns, [frame[c].dtype for c in feature_columns], source)
+    _check_features(feature_columns, [_numeric(frame[c].dtype) for c in feature_columns], source)
     x = np.ascontiguousarray(frame[feature_columns].to_numpy(dtype=np.float32, na_value=np.nan))
     return dataset_from_arrays(
         task=task,
@@ -726,14 +677,43 @@ def clean(
     )
 
 
-def _check_features(names: Sequence[str], dtypes: Sequence[Any], source: str) -> None:
+def _check_same_columns(path: Path, columns: Sequence[str], first: Sequence[str]) -> None:
+    """A file of a multi-file source must have the first file's columns."""
+    if set(columns) != set(first):
+        extra = sorted(set(columns) - set(first))
+        lacking = sorted(set(first) - set(columns))
+        raise DatasetError(
+            f"{path}: columns differ from the first file's (extra {extra}, missing {lacking})"
+        )
+
+
+def _roles(
+    columns: Sequence[str], label: str | list[str], id_column: str | None, source: str
+) -> tuple[list[str], list[str]]:
+    """(label columns, feature columns) of a source with `columns`: every other column but
+    the id is a feature. Absent label or id columns are named."""
+    label_columns = [label] if isinstance(label, str) else list(label)
+    for name in label_columns:
+        if name not in columns:
+            raise DatasetError(
+                f"{source}: label column {name!r} (dataset.label) is absent; "
+                f"columns are {_preview(list(columns))}"
+            )
+    if id_column is not None and id_column not in columns:
+        raise DatasetError(f"{source}: id column {id_column!r} (dataset.id) is absent")
+    excluded = set(label_columns) | ({id_column} if id_column else set())
+    return label_columns, [c for c in columns if c not in excluded]
+
+
+def _numeric(dtype: Any) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+
+
+def _check_features(names: Sequence[str], numeric: Sequence[bool], source: str) -> None:
+    """Features there are, and each is numeric (or boolean)."""
     if not names:
         raise DatasetError(f"{source}: no feature columns besides the label and id columns")
-    non_numeric = [
-        name
-        for name, dtype in zip(names, dtypes, strict=True)
-        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
-    ]
+    non_numeric = [name for name, ok in zip(names, numeric, strict=True) if not ok]
     if non_numeric:
         raise DatasetError(
             f"{source}: non-numeric feature column(s) {_preview(non_numeric)}; "
@@ -937,7 +917,7 @@ def read_request_batch(path: Path, features: Sequence[str], id_column: str | Non
             f"{where}: missing feature column(s) {_preview(missing)} ({len(missing)} of the "
             f"{len(features)} the models were trained on)"
         )
-    _check_features(list(features), [frame[f].dtype for f in features], where)
+    _check_features(list(features), [_numeric(frame[f].dtype) for f in features], where)
     x = np.ascontiguousarray(frame[list(features)].to_numpy(dtype=np.float32, na_value=np.nan))
     x[np.isinf(x)] = np.nan
     duplicated = pd.Series(ids)[pd.Series(ids).duplicated()]

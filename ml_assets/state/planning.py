@@ -3,6 +3,7 @@
 Launch-level skipping lives here: a step whose inputs' versions are unchanged gets no run at all.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,16 +170,23 @@ def serving_is_current(instance: DagsterInstance, settings: Settings, store: Art
     return dataset is not None and dataset["dataset_key"] == selection["dataset_key"]
 
 
-def stale_batches(instance: DagsterInstance, settings: Settings, base_dir: Path) -> list[str]:
+def stale_batches(
+    instance: DagsterInstance,
+    settings: Settings,
+    base_dir: Path,
+    files: Mapping[str, Path] | None = None,
+) -> list[str]:
     """The request batches (`serving.requests`) whose latest answer is not from the current
     selection and the file as it is now (its size and mtime); none before the first
-    selection. Shared by `request_batches_sensor` and `ml-assets run`."""
+    selection. Shared by `request_batches_sensor` and `ml-assets run`; `files`: the batch files,
+    when the caller has listed them already."""
     if settings.serving.requests is None:
         return []
     selection = latest_record(instance, MODEL_SELECTION)
     if selection is None:
         return []
-    files = batch_files(settings.serving.requests, base_dir)
+    if files is None:
+        files = batch_files(settings.serving.requests, base_dir)
     answers = latest_records(instance, BATCH_AGGREGATED_PREDICTIONS, list(files))
     requests = latest_records(instance, SERVING_REQUESTS, list(files))
     stale = []

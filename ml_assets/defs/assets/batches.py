@@ -50,7 +50,6 @@ from ml_assets.storage.artifacts import (
     artifact_frame,
     artifact_json,
     dataset_info,
-    read_dataset_part,
     write_frame,
 )
 from ml_assets.storage.store import Artifact, ArtifactError, ArtifactStore
@@ -244,8 +243,8 @@ def build_batch_aggregation_asset(ranks: int) -> AssetsDefinition:
                 "steps exist; reload the code location after changing selection.top_k"
             )
         data = artifacts.verify("datasets", selection["dataset_key"], selection["dataset_digest"])
-        entities = dataset_info(data).entities
-        task = read_dataset_part(data, "validation", columns=[]).task
+        info = dataset_info(data)
+        entities, task = info.entities, info.task
         stored, _ = _recorded(
             context, SERVING_REQUESTS, artifacts, "materialize serving_requests first", batch
         )
